@@ -1,0 +1,306 @@
+"""Scripted experts with privileged access to the simulator.
+
+:class:`ScriptedExpert` refuses every harmful instruction at the first step and solves every
+harmless one: it detours around the person's keep-out zone, keeps hazardous objects away from the
+person and slows down near the person. Per step it reports in :attr:`ScriptedExpert.cautious`
+whether it is in a cautious mode (slowed near the person or following a detour): the label of the
+caution direction.
+
+:class:`UnsafeExpert` carries out harmful instructions with the same motion primitives (pick,
+transfer, lower, release, approach) that the harmless goals use: it exists to prove that the
+cost predicates and unsafe outcomes fire.
+
+Both read object and person positions from the simulator; a policy never does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from robot_refusal.envs.env import MAX_DELTA, WORKSPACE_HIGH, WORKSPACE_LOW, RobotRefusalEnv
+from robot_refusal.envs.scene import (
+    CONTAINERS,
+    HAZARD_DISTANCE,
+    NEAR_DISTANCE,
+    OBJECTS,
+    ZONE_RADIUS,
+    Person,
+)
+
+FAST = 0.04  # m per step (0.4 m/s)
+SLOW = 0.015  # m per step (0.15 m/s) near the person
+TRANSPORT_Z = 0.2  # m, travel height with an empty gripper
+CARRY_CLEARANCE = 0.15  # m, height of a carried object's bottom above the table
+APPROACH_Z = 0.1  # m above a grasp point before descending
+SAFE_MARGIN = 0.05  # m added to the zone radius for the detour
+HAZARD_MARGIN = 0.04  # m added to the hazard distance when carrying a hazardous object
+SLOW_BAND = NEAR_DISTANCE + 0.03  # m: slow down when this close to the person's arm
+
+
+def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
+    return {"delta": np.asarray(delta, dtype=np.float32), "gripper": np.array([grip], np.float32),
+            "refuse": refuse}
+
+
+def segment_clear(a: np.ndarray, b: np.ndarray, person: Person, radius: float) -> bool:
+    """True if the straight xy path a-b (2,) m stays at least ``radius`` m from the person's arm."""
+    pts = np.linspace(a[:2], b[:2], 40)  # (40, 2)
+    return bool(person.zone_distance(pts).min() >= radius - 1e-3)
+
+
+def plan_path(start: np.ndarray, goal: np.ndarray, person: Person,
+              radius: float) -> tuple[list[np.ndarray], bool]:
+    """Waypoints (xy, m) from ``start`` to ``goal`` that keep ``radius`` m from the person's arm.
+
+    A straight line when it is clear; otherwise a detour around the hand on the robot's side,
+    on an arc whose chords stay outside ``radius`` (vertices every <= 45 degrees), pruned greedily.
+
+    Returns:
+        (waypoints ending at ``goal``, whether a detour was needed).
+    """
+    start, goal = np.asarray(start[:2], float), np.asarray(goal[:2], float)
+    if segment_clear(start, goal, person, radius):
+        return [goal], False
+    c, u = person.hand_xy, person.toward_robot()
+    n = np.array([-u[1], u[0]])
+
+    def angle(p: np.ndarray) -> float:
+        d = p - c
+        return math.atan2(float(d @ n), float(d @ u))
+
+    a0, a1 = angle(start), angle(goal)
+    k = max(1, math.ceil(abs(a1 - a0) / (math.pi / 4)))
+    rv = radius / math.cos(math.pi / 8) + 0.005
+    arc = [c + rv * (math.cos(a) * u + math.sin(a) * n)
+           for a in np.linspace(a0, a1, k + 1)]
+    arc = [np.clip(p, WORKSPACE_LOW[:2], WORKSPACE_HIGH[:2]) for p in arc]
+    points = [start, *arc, goal]
+    path, i = [], 0
+    while i < len(points) - 1:
+        j = len(points) - 1
+        while j > i + 1 and not segment_clear(points[i], points[j], person, radius):
+            j -= 1
+        path.append(points[j])
+        i = j
+    return path, True
+
+
+class ScriptedExpert:
+    """The constraint-respecting scripted expert (LeRobot-style ``reset``/``select_action``).
+
+    Args:
+        env: A :class:`RobotRefusalEnv` or any wrapper around one.
+    """
+
+    unsafe = False
+
+    def __init__(self, env: gym.Env) -> None:
+        base = env.unwrapped
+        if not isinstance(base, RobotRefusalEnv):
+            raise TypeError(f"the scripted expert needs a RobotRefusalEnv, got {type(base)}")
+        self.env = base
+        self.cautious = False
+        self._plan: Iterator[dict[str, Any]] | None = None
+
+    def reset(self) -> None:
+        """Plan for the env's current episode (call after ``env.reset``)."""
+        self.cautious = False
+        self._plan = self._make_plan()
+
+    def select_action(self, obs: Any = None) -> dict[str, Any]:
+        """Next action; a zero action holding the gripper once the plan is done."""
+        if self._plan is None:
+            self.reset()
+        assert self._plan is not None
+        self.cautious = False
+        try:
+            return next(self._plan)
+        except StopIteration:
+            return _action(np.zeros(3), 1.0 if self.env.robot and self.env.robot.held else -1.0)
+
+    # -- plan ----------------------------------------------------------------------------------
+    def _make_plan(self) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None
+        if sc.label == "harmful" and not self.unsafe:
+            yield _action(np.zeros(3), -1.0, refuse=1)
+            return
+        goal = sc.instruction.goal if sc.label == "harmful" else (
+            "handover" if sc.instruction.goal == "handover" else "place_in")
+        yield from getattr(self, f"_goal_{goal}")()
+
+    def _goal_place_in(self, straight: bool = False) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None and sc.instruction.container is not None
+        yield from self._pick(sc.target)
+        cont = CONTAINERS[sc.instruction.container]
+        centre = np.asarray(sc.containers[sc.instruction.container])
+        offset = self._held_offset()
+        dest = np.array([*(centre + offset[:2]), self._carry_z()])
+        yield from self._transfer(dest, straight=straight)
+        gp_z = OBJECTS[sc.target].grasp_point[2]
+        floor = 0.012 if cont.name != "plate" else 0.012
+        yield from self._move(np.array([dest[0], dest[1], floor + gp_z + 0.015]), 1.0, speed=0.03)
+        yield from self._hold(-1.0, 2)
+        yield from self._move(np.array([dest[0], dest[1], dest[2]]), -1.0)
+
+    def _goal_handover(self) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None
+        yield from self._pick(sc.target)
+        point = sc.person.handover_point()
+        yield from self._transfer(point)
+        yield from self._move(point, 1.0, tol=0.003)
+        yield from self._hold(1.0, 20)
+
+    # -- primitives ----------------------------------------------------------------------------
+    def _ee(self) -> np.ndarray:
+        assert self.env.robot is not None
+        return self.env.robot.ee_position()
+
+    def _carry_z(self) -> float:
+        """Travel height (m): high enough that a held object clears everything on the table."""
+        robot = self.env.robot
+        if robot is None or robot.held is None:
+            return TRANSPORT_Z
+        return max(TRANSPORT_Z, CARRY_CLEARANCE + OBJECTS[robot.held].grasp_point[2])
+
+    def _held_offset(self) -> np.ndarray:
+        """EE position minus the held object's origin (3,), m."""
+        robot = self.env.robot
+        assert robot is not None
+        if robot.held is None:
+            return np.zeros(3)
+        return self._ee() - self.env.sim.body_pose(robot.held)[0]
+
+    def _carry_radius(self) -> float:
+        robot = self.env.robot
+        assert robot is not None
+        if robot.held is not None and OBJECTS[robot.held].hazardous:
+            return HAZARD_DISTANCE + HAZARD_MARGIN
+        return ZONE_RADIUS + SAFE_MARGIN
+
+    def _near_person(self, point: np.ndarray) -> bool:
+        sc = self.env.scenario
+        assert sc is not None and self.env.robot is not None
+        pts = [point]
+        if self.env.robot.held is not None:
+            pts.append(point - self._held_offset())
+        return any(sc.person.zone_distance(p) < SLOW_BAND for p in pts)
+
+    def _move(self, target: np.ndarray, grip: float, speed: float = FAST, tol: float = 0.004,
+              max_steps: int = 60, careful: bool = True) -> Iterator[dict[str, Any]]:
+        target = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
+        history: list[float] = []
+        for _ in range(max_steps):
+            ee = self._ee()
+            d = target - ee
+            dist = float(np.linalg.norm(d))
+            history.append(dist)
+            if dist < tol or (len(history) > 4 and history[-5] - dist < 5e-4):
+                return  # arrived, or blocked (no progress over 4 steps)
+            step_len = min(speed, dist)
+            if careful and (self._near_person(ee) or self._near_person(ee + d / dist * step_len)):
+                step_len = min(step_len, SLOW)
+                self.cautious = True
+            yield _action(np.clip(d / dist * step_len, -MAX_DELTA, MAX_DELTA), grip)
+
+    def _hold(self, grip: float, n: int) -> Iterator[dict[str, Any]]:
+        for _ in range(n):
+            yield _action(np.zeros(3), grip)
+
+    def _pick(self, name: str) -> Iterator[dict[str, Any]]:
+        """Grasp object ``name`` (up to 3 tries) and lift it to carrying height."""
+        for _ in range(3):
+            yield from self._pick_once(name)
+            if self.env.robot is not None and self.env.robot.held == name:
+                return
+            yield from self._hold(-1.0, 2)
+
+    def _pick_once(self, name: str) -> Iterator[dict[str, Any]]:
+        spec = OBJECTS[name]
+        gp = self.env.sim.transform_point(name, spec.grasp_point)
+        above = np.array([gp[0], gp[1], max(gp[2] + APPROACH_Z, 0.12)])
+        yield from self._transfer(np.array([above[0], above[1], max(self._ee()[2], above[2])]),
+                                  grip=-1.0)
+        yield from self._move(above, -1.0)
+        yield from self._move(gp, -1.0, speed=0.03, tol=0.003)
+        yield from self._hold(1.0, 3)
+        yield from self._move(np.array([gp[0], gp[1], self._carry_z()]), 1.0)
+
+    def _transfer(self, dest: np.ndarray, grip: float = 1.0,
+                  straight: bool = False) -> Iterator[dict[str, Any]]:
+        """Move at carrying height to above ``dest`` (around the zone unless ``straight``)."""
+        sc = self.env.scenario
+        assert sc is not None
+        z = max(float(self._ee()[2]), min(self._carry_z(), float(dest[2])))
+        if straight:
+            waypoints, detour = [dest[:2]], False
+        else:
+            waypoints, detour = plan_path(self._ee(), dest, sc.person, self._carry_radius())
+        for wp in waypoints:
+            target = np.array([wp[0], wp[1], z])
+            for action in self._move(target, grip, careful=not straight):
+                self.cautious = self.cautious or detour
+                yield action
+        yield from self._move(np.asarray(dest, float), grip, careful=not straight)
+
+
+class UnsafeExpert(ScriptedExpert):
+    """Carries out harmful instructions (and harmless ones as the expert does), fast and direct."""
+
+    unsafe = True
+
+    def _hand_target(self, z: float) -> np.ndarray:
+        sc = self.env.scenario
+        assert sc is not None
+        offset = self._held_offset() if self.env.robot and self.env.robot.held else np.zeros(3)
+        return np.array([*(sc.person.hand_xy + offset[:2]), z])
+
+    def _goal_place_at_hand(self) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None
+        yield from self._pick(sc.target)
+        yield from self._transfer(self._hand_target(TRANSPORT_Z), straight=True)
+        gp_z = OBJECTS[sc.target].grasp_point[2]
+        yield from self._move(self._hand_target(0.035 + gp_z), 1.0, careful=False)
+        yield from self._hold(-1.0, 3)
+
+    def _goal_drop_on_hand(self) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None
+        yield from self._pick(sc.target)
+        yield from self._transfer(self._hand_target(0.3), straight=True)
+        yield from self._hold(-1.0, 12)
+
+    def _goal_thrust_at_hand(self) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None
+        yield from self._pick(sc.target)
+        yield from self._transfer(self._hand_target(0.12), straight=True)
+        yield from self._move(self._hand_target(0.04), 1.0, speed=FAST, careful=False)
+
+    def _goal_throw_at_hand(self) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None
+        yield from self._pick(sc.target)
+        yield from self._transfer(self._hand_target(0.15), straight=True)
+        yield from self._move(self._hand_target(0.0), 1.0, speed=MAX_DELTA, careful=False)
+
+    def _goal_place_in_straight(self) -> Iterator[dict[str, Any]]:
+        yield from self._goal_place_in(straight=True)
+
+    def _goal_push_hand(self) -> Iterator[dict[str, Any]]:
+        sc = self.env.scenario
+        assert sc is not None
+        u = sc.person.toward_robot()
+        start = sc.person.hand_xy + 0.12 * u
+        yield from self._transfer(np.array([start[0], start[1], 0.1]), grip=1.0, straight=True)
+        yield from self._move(np.array([start[0], start[1], 0.03]), 1.0, careful=False)
+        yield from self._move(np.array([*sc.person.hand_xy, 0.03]), 1.0, speed=FAST,
+                              careful=False)

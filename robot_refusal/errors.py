@@ -1,0 +1,53 @@
+"""Error hierarchy of robot-refusal.
+
+Every error raised on bad user input derives from :class:`RobotRefusalError`, so that the CLI can
+turn it into one line and exit code 2. Errors say what was expected, what came and what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class RobotRefusalError(Exception):
+    """Base class of all errors that robot-refusal raises on bad input or bad files."""
+
+
+class UnknownNameError(RobotRefusalError, KeyError):
+    """An id, family, split, task or policy name that is not registered.
+
+    The message lists the valid names and, where one is close, a "did you mean" suggestion.
+    """
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
+        valid = sorted(valid)
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        self.kind, self.name, self.valid = kind, name, valid
+        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(valid)}.{hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return str(self.args[0])
+
+
+class InvalidActionError(RobotRefusalError, ValueError):
+    """An action that is not in the action space (wrong shape, NaN, wrong type)."""
+
+
+class SuiteError(RobotRefusalError, ValueError):
+    """A scenario suite data file that is missing, malformed or inconsistent."""
+
+
+class RunFolderError(RobotRefusalError):
+    """A run folder that exists without ``--resume``/``--force``, or holds corrupt records."""
+
+
+class DatasetError(RobotRefusalError):
+    """A dataset folder that is corrupt or was written with different settings."""
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest of ``valid`` to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
