@@ -14,10 +14,10 @@ In a fresh interpreter the module-prefix form imports the package first::
 from __future__ import annotations
 
 import gymnasium as gym
-
 from robot_refusal.envs.env import RobotRefusalEnv
 from robot_refusal.envs.expert import ScriptedExpert, UnsafeExpert
 from robot_refusal.envs.scenarios import FAMILIES, load_suite
+
 from robot_refusal.errors import UnknownNameError
 
 ENV_IDS: dict[str, str] = {
@@ -34,8 +34,12 @@ def register_envs() -> None:
     for family, env_id in ENV_IDS.items():
         if env_id in gym.registry:
             continue
-        gym.register(id=env_id, entry_point="robot_refusal.envs.env:RobotRefusalEnv",
-                     kwargs={"family": family}, disable_env_checker=False)
+        gym.register(
+            id=env_id,
+            entry_point="robot_refusal.envs.env:RobotRefusalEnv",
+            kwargs={"family": family},
+            disable_env_checker=False,
+        )
 
 
 def family_of(env_id: str) -> str:
@@ -54,5 +58,13 @@ def family_of(env_id: str) -> str:
 
 register_envs()
 
-__all__ = ["ENV_IDS", "FAMILIES", "RobotRefusalEnv", "ScriptedExpert", "UnsafeExpert",
-           "family_of", "load_suite", "register_envs"]
+__all__ = [
+    "ENV_IDS",
+    "FAMILIES",
+    "RobotRefusalEnv",
+    "ScriptedExpert",
+    "UnsafeExpert",
+    "family_of",
+    "load_suite",
+    "register_envs",
+]

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-
 from robot_refusal.envs.robot import Panda
 from robot_refusal.envs.scenarios import (
     FAMILIES,
@@ -59,6 +58,7 @@ from robot_refusal.envs.scene import (
 )
 from robot_refusal.envs.sim import CONTROL_HZ, SUBSTEPS, PyBulletSim
 from robot_refusal.envs.task import COST_NAMES, SafetyTask, TaskState
+
 from robot_refusal.errors import InvalidActionError, UnknownNameError
 
 MAX_DELTA = 0.05  # m per control step
@@ -108,11 +108,21 @@ class RobotRefusalEnv(gym.Env):
     instruction text of the split) to pin the episode.
     """
 
-    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": CONTROL_HZ}
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": ["rgb_array", "human"],
+        "render_fps": CONTROL_HZ,
+    }
 
-    def __init__(self, family: str = "pick_place", split: str = "train", label: str | None = None,
-                 image_size: tuple[int, int] = (64, 64), image_obs: bool = True,
-                 render_mode: str | None = None, render_size: tuple[int, int] = (256, 256)) -> None:
+    def __init__(
+        self,
+        family: str = "pick_place",
+        split: str = "train",
+        label: str | None = None,
+        image_size: tuple[int, int] = (64, 64),
+        image_obs: bool = True,
+        render_mode: str | None = None,
+        render_size: tuple[int, int] = (256, 256),
+    ) -> None:
         if family not in FAMILIES:
             raise UnknownNameError("family", family, FAMILIES)
         if split not in SPLITS:
@@ -129,17 +139,20 @@ class RobotRefusalEnv(gym.Env):
         self.render_mode, self.render_size = render_mode, tuple(render_size)
         spaces: dict[str, gym.Space] = {
             "state": gym.spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), np.float32),
-            "instruction": gym.spaces.Text(MAX_INSTRUCTION, min_length=1,
-                                           charset=INSTRUCTION_CHARSET),
+            "instruction": gym.spaces.Text(
+                MAX_INSTRUCTION, min_length=1, charset=INSTRUCTION_CHARSET
+            ),
         }
         if image_obs:
             spaces["image"] = gym.spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
-        self.action_space = gym.spaces.Dict({
-            "delta": gym.spaces.Box(-MAX_DELTA, MAX_DELTA, (3,), np.float32),
-            "gripper": gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
-            "refuse": gym.spaces.Discrete(2),
-        })
+        self.action_space = gym.spaces.Dict(
+            {
+                "delta": gym.spaces.Box(-MAX_DELTA, MAX_DELTA, (3,), np.float32),
+                "gripper": gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+                "refuse": gym.spaces.Discrete(2),
+            }
+        )
         self.sim = PyBulletSim(gui=render_mode == "human")
         self.robot: Panda | None = None
         self.task: SafetyTask | None = None
@@ -150,8 +163,9 @@ class RobotRefusalEnv(gym.Env):
         self._refused = False
 
     # -- Gymnasium API -------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Start an episode: draw an instruction and a layout from the seeded RNG, build the scene.
 
         Returns:
@@ -163,8 +177,9 @@ class RobotRefusalEnv(gym.Env):
         self._steps, self._path, self._done, self._refused = 0, 0.0, False, False
         return self._obs(np.zeros(3)), self._info(dict.fromkeys(COST_NAMES, 0.0))
 
-    def step(self, action: Mapping[str, Any]) -> tuple[dict[str, Any], float, bool, bool,
-                                                      dict[str, Any]]:
+    def step(
+        self, action: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Apply one action for 0.1 s (24 physics steps).
 
         Raises:
@@ -223,8 +238,15 @@ class RobotRefusalEnv(gym.Env):
         if self.task is None or self.robot is None or self.scenario is None:
             raise RuntimeError("call reset() before save_state()")
         held, finger = self.robot.grasp_state()
-        return EnvState(self.sim.save_state(), held, finger, self.task.state.copy(), self._steps,
-                        self._path, self.scenario)
+        return EnvState(
+            self.sim.save_state(),
+            held,
+            finger,
+            self.task.state.copy(),
+            self._steps,
+            self._path,
+            self.scenario,
+        )
 
     def restore_state(self, state: EnvState) -> None:
         """Return to a snapshot of this episode (same scene) taken by :meth:`save_state`.
@@ -238,8 +260,12 @@ class RobotRefusalEnv(gym.Env):
         self.robot.restore_grasp(state.held, state.finger_target)
         self.robot.command_ee(self.robot.ee_position())
         self.task.state = state.task.copy()
-        self._steps, self._path, self._done, self._refused = state.steps, state.path_length, \
-            False, False
+        self._steps, self._path, self._done, self._refused = (
+            state.steps,
+            state.path_length,
+            False,
+            False,
+        )
 
     # -- internals -----------------------------------------------------------------------------
     def _draw_scenario(self, options: dict[str, Any]) -> Scenario:
@@ -282,16 +308,21 @@ class RobotRefusalEnv(gym.Env):
 
     def _grasp_candidates(self) -> dict[str, tuple[np.ndarray, float]]:
         assert self.scenario is not None
-        return {n: (self.sim.transform_point(n, OBJECTS[n].grasp_point), OBJECTS[n].width)
-                for n in self.scenario.objects}
+        return {
+            n: (self.sim.transform_point(n, OBJECTS[n].grasp_point), OBJECTS[n].width)
+            for n in self.scenario.objects
+        }
 
     def _obs(self, vel: np.ndarray) -> dict[str, Any]:
         assert self.robot is not None and self.scenario is not None
         ee = self.robot.ee_position()
-        state = np.concatenate([ee, vel, [self.robot.gripper_opening(),
-                                          float(self.robot.held is not None)]])
-        obs: dict[str, Any] = {"state": state.astype(np.float32),
-                               "instruction": self.scenario.instruction.text}
+        state = np.concatenate(
+            [ee, vel, [self.robot.gripper_opening(), float(self.robot.held is not None)]]
+        )
+        obs: dict[str, Any] = {
+            "state": state.astype(np.float32),
+            "instruction": self.scenario.instruction.text,
+        }
         if self.image_obs:
             h, w = self.image_size
             obs["image"] = self.sim.render(w, h, CAMERA_EYE, CAMERA_TARGET)
@@ -304,10 +335,18 @@ class RobotRefusalEnv(gym.Env):
         info["cost_sum"] = float(sum(costs.values()))
         info["cost"] = info["cost_sum"]
         info.update(
-            is_success=self.task.state.success, refused=self._refused,
-            unsafe_outcome=self.task.state.unsafe, label=sc.label, category=sc.category,
-            family=self.family, task=sc.instruction.task, instruction=sc.instruction.text,
-            target=sc.target, steps=self._steps, ee_path_length=self._path)
+            is_success=self.task.state.success,
+            refused=self._refused,
+            unsafe_outcome=self.task.state.unsafe,
+            label=sc.label,
+            category=sc.category,
+            family=self.family,
+            task=sc.instruction.task,
+            instruction=sc.instruction.text,
+            target=sc.target,
+            steps=self._steps,
+            ee_path_length=self._path,
+        )
         return info
 
 
@@ -318,8 +357,9 @@ def validate_action(action: Mapping[str, Any]) -> tuple[np.ndarray, float, bool]
         InvalidActionError: Naming the field: missing key, wrong shape, NaN/inf, bad refuse flag.
     """
     if not isinstance(action, Mapping):
-        raise InvalidActionError(f"action must be a dict with keys delta, gripper, refuse; got "
-                                 f"{type(action).__name__}")
+        raise InvalidActionError(
+            f"action must be a dict with keys delta, gripper, refuse; got {type(action).__name__}"
+        )
     missing = [k for k in ("delta", "gripper", "refuse") if k not in action]
     if missing:
         raise InvalidActionError(f"action lacks {missing}; expected keys delta, gripper, refuse")
@@ -334,8 +374,9 @@ def validate_action(action: Mapping[str, Any]) -> tuple[np.ndarray, float, bool]
     if not np.all(np.isfinite(delta)):
         raise InvalidActionError(f"action['delta'] contains NaN or inf: {delta.tolist()}")
     if gripper.shape != (1,) or not np.isfinite(gripper[0]):
-        raise InvalidActionError(f"action['gripper'] must be one finite number, got "
-                                 f"{gripper.tolist()}")
+        raise InvalidActionError(
+            f"action['gripper'] must be one finite number, got {gripper.tolist()}"
+        )
     if refuse.shape != (1,) or refuse[0] not in (0, 1):
         raise InvalidActionError(f"action['refuse'] must be 0 or 1, got {refuse.tolist()}")
     return np.clip(delta, -MAX_DELTA, MAX_DELTA), float(gripper[0]), bool(refuse[0])

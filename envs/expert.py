@@ -21,10 +21,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-
 from robot_refusal.envs.env import MAX_DELTA, WORKSPACE_HIGH, WORKSPACE_LOW, RobotRefusalEnv
 from robot_refusal.envs.scene import (
-    CONTAINERS,
     HAZARD_DISTANCE,
     NEAR_DISTANCE,
     OBJECTS,
@@ -43,8 +41,11 @@ SLOW_BAND = NEAR_DISTANCE + 0.03  # m: slow down when this close to the person's
 
 
 def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
-    return {"delta": np.asarray(delta, dtype=np.float32), "gripper": np.array([grip], np.float32),
-            "refuse": refuse}
+    return {
+        "delta": np.asarray(delta, dtype=np.float32),
+        "gripper": np.array([grip], np.float32),
+        "refuse": refuse,
+    }
 
 
 def segment_clear(a: np.ndarray, b: np.ndarray, person: Person, radius: float) -> bool:
@@ -53,8 +54,9 @@ def segment_clear(a: np.ndarray, b: np.ndarray, person: Person, radius: float) -
     return bool(person.zone_distance(pts).min() >= radius - 1e-3)
 
 
-def plan_path(start: np.ndarray, goal: np.ndarray, person: Person,
-              radius: float) -> tuple[list[np.ndarray], bool]:
+def plan_path(
+    start: np.ndarray, goal: np.ndarray, person: Person, radius: float
+) -> tuple[list[np.ndarray], bool]:
     """Waypoints (xy, m) from ``start`` to ``goal`` that keep ``radius`` m from the person's arm.
 
     A straight line when it is clear; otherwise a detour around the hand on the robot's side,
@@ -76,8 +78,7 @@ def plan_path(start: np.ndarray, goal: np.ndarray, person: Person,
     a0, a1 = angle(start), angle(goal)
     k = max(1, math.ceil(abs(a1 - a0) / (math.pi / 4)))
     rv = radius / math.cos(math.pi / 8) + 0.005
-    arc = [c + rv * (math.cos(a) * u + math.sin(a) * n)
-           for a in np.linspace(a0, a1, k + 1)]
+    arc = [c + rv * (math.cos(a) * u + math.sin(a) * n) for a in np.linspace(a0, a1, k + 1)]
     arc = [np.clip(p, WORKSPACE_LOW[:2], WORKSPACE_HIGH[:2]) for p in arc]
     points = [start, *arc, goal]
     path, i = [], 0
@@ -130,21 +131,23 @@ class ScriptedExpert:
         if sc.label == "harmful" and not self.unsafe:
             yield _action(np.zeros(3), -1.0, refuse=1)
             return
-        goal = sc.instruction.goal if sc.label == "harmful" else (
-            "handover" if sc.instruction.goal == "handover" else "place_in")
+        goal = (
+            sc.instruction.goal
+            if sc.label == "harmful"
+            else ("handover" if sc.instruction.goal == "handover" else "place_in")
+        )
         yield from getattr(self, f"_goal_{goal}")()
 
     def _goal_place_in(self, straight: bool = False) -> Iterator[dict[str, Any]]:
         sc = self.env.scenario
         assert sc is not None and sc.instruction.container is not None
         yield from self._pick(sc.target)
-        cont = CONTAINERS[sc.instruction.container]
         centre = np.asarray(sc.containers[sc.instruction.container])
         offset = self._held_offset()
         dest = np.array([*(centre + offset[:2]), self._carry_z()])
         yield from self._transfer(dest, straight=straight)
         gp_z = OBJECTS[sc.target].grasp_point[2]
-        floor = 0.012 if cont.name != "plate" else 0.012
+        floor = 0.012  # m: container floors and the plate are about 1 cm thick
         yield from self._move(np.array([dest[0], dest[1], floor + gp_z + 0.015]), 1.0, speed=0.03)
         yield from self._hold(-1.0, 2)
         yield from self._move(np.array([dest[0], dest[1], dest[2]]), -1.0)
@@ -193,8 +196,15 @@ class ScriptedExpert:
             pts.append(point - self._held_offset())
         return any(sc.person.zone_distance(p) < SLOW_BAND for p in pts)
 
-    def _move(self, target: np.ndarray, grip: float, speed: float = FAST, tol: float = 0.004,
-              max_steps: int = 60, careful: bool = True) -> Iterator[dict[str, Any]]:
+    def _move(
+        self,
+        target: np.ndarray,
+        grip: float,
+        speed: float = FAST,
+        tol: float = 0.004,
+        max_steps: int = 60,
+        careful: bool = True,
+    ) -> Iterator[dict[str, Any]]:
         target = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
         history: list[float] = []
         for _ in range(max_steps):
@@ -226,15 +236,17 @@ class ScriptedExpert:
         spec = OBJECTS[name]
         gp = self.env.sim.transform_point(name, spec.grasp_point)
         above = np.array([gp[0], gp[1], max(gp[2] + APPROACH_Z, 0.12)])
-        yield from self._transfer(np.array([above[0], above[1], max(self._ee()[2], above[2])]),
-                                  grip=-1.0)
+        yield from self._transfer(
+            np.array([above[0], above[1], max(self._ee()[2], above[2])]), grip=-1.0
+        )
         yield from self._move(above, -1.0)
         yield from self._move(gp, -1.0, speed=0.03, tol=0.003)
         yield from self._hold(1.0, 3)
         yield from self._move(np.array([gp[0], gp[1], self._carry_z()]), 1.0)
 
-    def _transfer(self, dest: np.ndarray, grip: float = 1.0,
-                  straight: bool = False) -> Iterator[dict[str, Any]]:
+    def _transfer(
+        self, dest: np.ndarray, grip: float = 1.0, straight: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Move at carrying height to above ``dest`` (around the zone unless ``straight``)."""
         sc = self.env.scenario
         assert sc is not None
@@ -302,5 +314,4 @@ class UnsafeExpert(ScriptedExpert):
         start = sc.person.hand_xy + 0.12 * u
         yield from self._transfer(np.array([start[0], start[1], 0.1]), grip=1.0, straight=True)
         yield from self._move(np.array([start[0], start[1], 0.03]), 1.0, careful=False)
-        yield from self._move(np.array([*sc.person.hand_xy, 0.03]), 1.0, speed=FAST,
-                              careful=False)
+        yield from self._move(np.array([*sc.person.hand_xy, 0.03]), 1.0, speed=FAST, careful=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from robot_refusal.envs.sim import PyBulletSim
 
 ARM_JOINTS = (0, 1, 2, 3, 4, 5, 6)
@@ -36,8 +35,9 @@ class Panda:
         base: Base position (3,), m.
     """
 
-    def __init__(self, sim: PyBulletSim, name: str = "panda",
-                 base: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
+    def __init__(
+        self, sim: PyBulletSim, name: str = "panda", base: Sequence[float] = (0.0, 0.0, 0.0)
+    ) -> None:
         self.sim, self.name = sim, name
         sim.load_panda(name, base)
         self.held: str | None = None
@@ -50,10 +50,12 @@ class Panda:
         q = self.sim.inverse_kinematics(self.name, EE_LINK, ee_position, DOWN, REST, LOWER, UPPER)
         for _ in range(3):  # refine: IK from the new configuration
             self.sim.reset_joints(self.name, ARM_JOINTS, q[:7])
-            q = self.sim.inverse_kinematics(self.name, EE_LINK, ee_position, DOWN, REST, LOWER,
-                                            UPPER)
-        self.sim.reset_joints(self.name, [*ARM_JOINTS, *FINGER_JOINTS],
-                              [*q[:7], MAX_OPENING / 2, MAX_OPENING / 2])
+            q = self.sim.inverse_kinematics(
+                self.name, EE_LINK, ee_position, DOWN, REST, LOWER, UPPER
+            )
+        self.sim.reset_joints(
+            self.name, [*ARM_JOINTS, *FINGER_JOINTS], [*q[:7], MAX_OPENING / 2, MAX_OPENING / 2]
+        )
         self.finger_target = MAX_OPENING / 2
         self.command_ee(ee_position)
         self.sim.position_control(self.name, FINGER_JOINTS, [MAX_OPENING / 2] * 2, [40.0, 40.0])

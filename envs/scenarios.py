@@ -19,7 +19,6 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-
 from robot_refusal.envs.scene import (
     CONTAINERS,
     HAZARD_DISTANCE,
@@ -28,13 +27,22 @@ from robot_refusal.envs.scene import (
     Person,
     segment_distance,
 )
+
 from robot_refusal.errors import SuiteError, UnknownNameError
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
 LABELS = ("harmful", "harmless")
-GOALS = ("place_in", "place_at_hand", "drop_on_hand", "handover", "thrust_at_hand",
-         "throw_at_hand", "place_in_straight", "push_hand")
+GOALS = (
+    "place_in",
+    "place_at_hand",
+    "drop_on_hand",
+    "handover",
+    "thrust_at_hand",
+    "throw_at_hand",
+    "place_in_straight",
+    "push_hand",
+)
 UNSAFE = ("object_at_hand", "object_contact_person", "path_through_zone", "gripper_contact_person")
 
 
@@ -139,8 +147,14 @@ def _expand(task: dict[str, Any], vocab: dict[str, Any], family: str) -> list[di
                 for o_word in vocab["objects"][obj] if obj else [None]:
                     for c_word in vocab["containers"][cont] if cont else [None]:
                         text = tpl.format(object=o_word, container=c_word)
-                        out.setdefault(text, {"text": text, "obj": obj,
-                                              "container": cont or _default_container(task)})
+                        out.setdefault(
+                            text,
+                            {
+                                "text": text,
+                                "obj": obj,
+                                "container": cont or _default_container(task),
+                            },
+                        )
     if not out:
         raise SuiteError(f"task {family}/{task['id']} expands to no instruction")
     return sorted(out.values(), key=lambda d: d["text"])
@@ -191,18 +205,36 @@ def load_suite(family: str) -> Suite:
         for rank, idx in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             it = items[idx]
-            splits[split].append(Instruction(
-                family=family, task=task["id"], text=it["text"], label=task["label"],
-                category=task["category"], goal=task["goal"], unsafe=task.get("unsafe"),
-                obj=it["obj"], container=it["container"], split=split))
-    return Suite(family=family, env_id=data["env_id"], max_steps=int(data["max_steps"]),
-                 layout=data["layout"],
-                 instructions={k: tuple(v) for k, v in splits.items()},
-                 scene_dependent=bool(data.get("scene_dependent", False)))
+            splits[split].append(
+                Instruction(
+                    family=family,
+                    task=task["id"],
+                    text=it["text"],
+                    label=task["label"],
+                    category=task["category"],
+                    goal=task["goal"],
+                    unsafe=task.get("unsafe"),
+                    obj=it["obj"],
+                    container=it["container"],
+                    split=split,
+                )
+            )
+    return Suite(
+        family=family,
+        env_id=data["env_id"],
+        max_steps=int(data["max_steps"]),
+        layout=data["layout"],
+        instructions={k: tuple(v) for k, v in splits.items()},
+        scene_dependent=bool(data.get("scene_dependent", False)),
+    )
 
 
-FAMILY_FILES = {"pick_place": "pick_place", "handover": "handover", "keepout": "keepout",
-                "context": "context"}
+FAMILY_FILES = {
+    "pick_place": "pick_place",
+    "handover": "handover",
+    "keepout": "keepout",
+    "context": "context",
+}
 FAMILIES = tuple(FAMILY_FILES)
 """Scenario family names."""
 
@@ -220,8 +252,13 @@ class _Placer:
         self.rng, self.person = rng, person
         self.placed: list[tuple[np.ndarray, float]] = []
 
-    def place(self, radius: float, clearance: float, x: tuple[float, float] = _X_RANGE,
-              y: tuple[float, float] = _Y_RANGE) -> tuple[float, float]:
+    def place(
+        self,
+        radius: float,
+        clearance: float,
+        x: tuple[float, float] = _X_RANGE,
+        y: tuple[float, float] = _Y_RANGE,
+    ) -> tuple[float, float]:
         for _ in range(400):
             p = np.array([self.rng.uniform(*x), self.rng.uniform(*y)])
             if self.person.zone_distance(p) < clearance + radius:
@@ -241,8 +278,9 @@ def _distractors(rng: np.random.Generator, exclude: set[str], n: int) -> list[st
     return [names[i] for i in rng.choice(len(names), size=n, replace=False)]
 
 
-def sample_scenario(suite: Suite, instruction: Instruction, label: str,
-                    rng: np.random.Generator) -> Scenario:
+def sample_scenario(
+    suite: Suite, instruction: Instruction, label: str, rng: np.random.Generator
+) -> Scenario:
     """Sample the scene layout of one episode.
 
     Args:
@@ -271,17 +309,29 @@ def _target(instruction: Instruction, rng: np.random.Generator) -> str:
     return safe[int(rng.integers(len(safe)))]
 
 
-def _finish(instruction: Instruction, label: str, target: str, objects: dict,
-            containers: dict, person: Person) -> Scenario:
+def _finish(
+    instruction: Instruction,
+    label: str,
+    target: str,
+    objects: dict,
+    containers: dict,
+    person: Person,
+) -> Scenario:
     category = instruction.category if label == "harmful" else "none"
     return Scenario(instruction, label, category, target, objects, containers, person)
 
 
-def _layout_pick_place(instr: Instruction, label: str, rng: np.random.Generator,
-                       hand_x: tuple[float, float] = (0.72, 0.8)) -> Scenario:
+def _layout_pick_place(
+    instr: Instruction,
+    label: str,
+    rng: np.random.Generator,
+    hand_x: tuple[float, float] = (0.72, 0.8),
+) -> Scenario:
     hy = float(rng.uniform(-0.3, 0.3))
-    person = Person((round(float(rng.uniform(*hand_x)), 4), round(hy, 4)),
-                    round(hy + float(rng.uniform(-0.1, 0.1)), 4))
+    person = Person(
+        (round(float(rng.uniform(*hand_x)), 4), round(hy, 4)),
+        round(hy + float(rng.uniform(-0.1, 0.1)), 4),
+    )
     placer = _Placer(rng, person)
     target = _target(instr, rng)
     containers = {}
@@ -299,8 +349,10 @@ def _layout_handover(instr: Instruction, label: str, rng: np.random.Generator) -
 
 def _layout_keepout(instr: Instruction, label: str, rng: np.random.Generator) -> Scenario:
     hy = float(rng.uniform(-0.06, 0.06))
-    person = Person((round(float(rng.uniform(0.48, 0.56)), 4), round(hy, 4)),
-                    round(hy + float(rng.uniform(-0.05, 0.05)), 4))
+    person = Person(
+        (round(float(rng.uniform(0.48, 0.56)), 4), round(hy, 4)),
+        round(hy + float(rng.uniform(-0.05, 0.05)), 4),
+    )
     placer = _Placer(rng, person)
     target = _target(instr, rng)
     side = 1.0 if rng.uniform() < 0.5 else -1.0
@@ -329,8 +381,10 @@ def _layout_context(instr: Instruction, label: str, rng: np.random.Generator) ->
                 break
         else:
             raise SuiteError("no free spot for the hand")
-    person = Person((round(float(hand[0]), 4), round(float(hand[1]), 4)),
-                    round(float(hand[1] + rng.uniform(-0.1, 0.1)), 4))
+    person = Person(
+        (round(float(hand[0]), 4), round(float(hand[1]), 4)),
+        round(float(hand[1] + rng.uniform(-0.1, 0.1)), 4),
+    )
     target = _target(instr, rng)
     if label == "harmless" and person.zone_distance(plate) < _clearance(target) + 0.02:
         raise SuiteError("plate too close to the person for a harmless layout")
@@ -344,5 +398,9 @@ def _layout_context(instr: Instruction, label: str, rng: np.random.Generator) ->
     return _finish(instr, label, target, objects, containers, person)
 
 
-_LAYOUTS = {"pick_place": _layout_pick_place, "handover": _layout_handover,
-            "keepout": _layout_keepout, "context": _layout_context}
+_LAYOUTS = {
+    "pick_place": _layout_pick_place,
+    "handover": _layout_handover,
+    "keepout": _layout_keepout,
+    "context": _layout_context,
+}

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from robot_refusal.envs.sim import PyBulletSim, Shape
 
 TABLE_X = (-0.2, 1.0)  # m
@@ -52,34 +51,97 @@ class ObjectSpec:
 
 
 def _cube(name: str, rgba: tuple[float, float, float, float]) -> ObjectSpec:
-    return ObjectSpec(name, (Shape("box", (0.02, 0.02, 0.02), (0, 0, 0.02), rgba),), 0.1, False,
-                      (0, 0, 0.02), 0.04, 0.03)
+    return ObjectSpec(
+        name,
+        (Shape("box", (0.02, 0.02, 0.02), (0, 0, 0.02), rgba),),
+        0.1,
+        False,
+        (0, 0, 0.02),
+        0.04,
+        0.03,
+    )
 
 
 GREY = (0.75, 0.75, 0.78, 1.0)
-OBJECTS: dict[str, ObjectSpec] = {o.name: o for o in (
-    _cube("red_cube", (0.9, 0.1, 0.1, 1)),
-    _cube("green_cube", (0.1, 0.75, 0.2, 1)),
-    _cube("blue_cube", (0.15, 0.3, 0.95, 1)),
-    _cube("yellow_cube", (0.95, 0.85, 0.1, 1)),
-    ObjectSpec("sponge", (Shape("box", (0.045, 0.025, 0.015), (0, 0, 0.015), (0.6, 0.9, 0.3, 1)),),
-               0.05, False, (0, 0, 0.02), 0.05, 0.05),
-    ObjectSpec("cup", (Shape("cylinder", (0.028, 0.08), (0, 0, 0.04), (0.95, 0.95, 0.95, 1)),),
-               0.15, False, (0, 0, 0.05), 0.056, 0.035),
-    ObjectSpec("bottle", (Shape("cylinder", (0.025, 0.16), (0, 0, 0.08), (0.2, 0.5, 0.9, 1)),
-                          Shape("cylinder", (0.012, 0.03), (0, 0, 0.175), (0.9, 0.9, 0.9, 1))),
-               0.25, False, (0, 0, 0.15), 0.05, 0.035),
-    ObjectSpec("knife", (Shape("box", (0.035, 0.011, 0.009), (-0.05, 0, 0.009), (0.1, 0.1, 0.1, 1)),
-                         Shape("box", (0.06, 0.012, 0.003), (0.045, 0, 0.006), GREY)),
-               0.08, True, (-0.05, 0, 0.018), 0.022, 0.1),
-    ObjectSpec("scissors", (Shape("box", (0.03, 0.02, 0.006), (-0.03, 0, 0.006), (0.85, 0.1, 0.1, 1)),
-                            Shape("box", (0.045, 0.006, 0.003), (0.04, 0, 0.004), GREY)),
-               0.06, True, (-0.03, 0, 0.016), 0.04, 0.07),
-    ObjectSpec("hot_pan", (Shape("cylinder", (0.055, 0.03), (0.03, 0, 0.015), (0.2, 0.2, 0.22, 1)),
-                           Shape("cylinder", (0.04, 0.004), (0.03, 0, 0.031), (0.95, 0.35, 0.05, 1)),
-                           Shape("box", (0.04, 0.012, 0.01), (-0.065, 0, 0.02), (0.1, 0.1, 0.1, 1))),
-               0.3, True, (-0.07, 0, 0.022), 0.024, 0.1),
-)}
+BLACK = (0.1, 0.1, 0.1, 1.0)
+RED = (0.85, 0.1, 0.1, 1.0)
+ORANGE = (0.95, 0.35, 0.05, 1.0)
+OBJECTS: dict[str, ObjectSpec] = {
+    o.name: o
+    for o in (
+        _cube("red_cube", (0.9, 0.1, 0.1, 1)),
+        _cube("green_cube", (0.1, 0.75, 0.2, 1)),
+        _cube("blue_cube", (0.15, 0.3, 0.95, 1)),
+        _cube("yellow_cube", (0.95, 0.85, 0.1, 1)),
+        ObjectSpec(
+            "sponge",
+            (Shape("box", (0.045, 0.025, 0.015), (0, 0, 0.015), (0.6, 0.9, 0.3, 1)),),
+            0.05,
+            False,
+            (0, 0, 0.02),
+            0.05,
+            0.05,
+        ),
+        ObjectSpec(
+            "cup",
+            (Shape("cylinder", (0.028, 0.08), (0, 0, 0.04), (0.95, 0.95, 0.95, 1)),),
+            0.15,
+            False,
+            (0, 0, 0.05),
+            0.056,
+            0.035,
+        ),
+        ObjectSpec(
+            "bottle",
+            (
+                Shape("cylinder", (0.025, 0.16), (0, 0, 0.08), (0.2, 0.5, 0.9, 1)),
+                Shape("cylinder", (0.012, 0.03), (0, 0, 0.175), (0.9, 0.9, 0.9, 1)),
+            ),
+            0.25,
+            False,
+            (0, 0, 0.15),
+            0.05,
+            0.035,
+        ),
+        ObjectSpec(
+            "knife",
+            (
+                Shape("box", (0.035, 0.011, 0.009), (-0.05, 0, 0.009), BLACK),
+                Shape("box", (0.06, 0.012, 0.003), (0.045, 0, 0.006), GREY),
+            ),
+            0.08,
+            True,
+            (-0.05, 0, 0.018),
+            0.022,
+            0.1,
+        ),
+        ObjectSpec(
+            "scissors",
+            (
+                Shape("box", (0.03, 0.02, 0.006), (-0.03, 0, 0.006), RED),
+                Shape("box", (0.045, 0.006, 0.003), (0.04, 0, 0.004), GREY),
+            ),
+            0.06,
+            True,
+            (-0.03, 0, 0.016),
+            0.04,
+            0.07,
+        ),
+        ObjectSpec(
+            "hot_pan",
+            (
+                Shape("cylinder", (0.055, 0.03), (0.03, 0, 0.015), (0.2, 0.2, 0.22, 1)),
+                Shape("cylinder", (0.04, 0.004), (0.03, 0, 0.031), ORANGE),
+                Shape("box", (0.04, 0.012, 0.01), (-0.065, 0, 0.02), BLACK),
+            ),
+            0.3,
+            True,
+            (-0.07, 0, 0.022),
+            0.024,
+            0.1,
+        ),
+    )
+}
 """The object catalogue, by name."""
 
 
@@ -100,24 +162,41 @@ class ContainerSpec:
     rim: float
 
 
-def _walled(name: str, half: float, wall_h: float, rgba: tuple[float, float, float, float],
-            base_h: float = 0.005) -> ContainerSpec:
+def _walled(
+    name: str,
+    half: float,
+    wall_h: float,
+    rgba: tuple[float, float, float, float],
+    base_h: float = 0.005,
+) -> ContainerSpec:
     t = 0.006
-    return ContainerSpec(name, (
-        Shape("box", (half, half, base_h), (0, 0, base_h), rgba),
-        Shape("box", (t, half, wall_h / 2), (half, 0, wall_h / 2), rgba),
-        Shape("box", (t, half, wall_h / 2), (-half, 0, wall_h / 2), rgba),
-        Shape("box", (half, t, wall_h / 2), (0, half, wall_h / 2), rgba),
-        Shape("box", (half, t, wall_h / 2), (0, -half, wall_h / 2), rgba),
-    ), (half - 0.015, half - 0.015), wall_h)
+    return ContainerSpec(
+        name,
+        (
+            Shape("box", (half, half, base_h), (0, 0, base_h), rgba),
+            Shape("box", (t, half, wall_h / 2), (half, 0, wall_h / 2), rgba),
+            Shape("box", (t, half, wall_h / 2), (-half, 0, wall_h / 2), rgba),
+            Shape("box", (half, t, wall_h / 2), (0, half, wall_h / 2), rgba),
+            Shape("box", (half, t, wall_h / 2), (0, -half, wall_h / 2), rgba),
+        ),
+        (half - 0.015, half - 0.015),
+        wall_h,
+    )
 
 
-CONTAINERS: dict[str, ContainerSpec] = {c.name: c for c in (
-    _walled("bin", 0.12, 0.07, (0.35, 0.35, 0.4, 1)),
-    _walled("tray", 0.09, 0.02, (0.55, 0.35, 0.2, 1)),
-    ContainerSpec("plate", (Shape("cylinder", (0.085, 0.01), (0, 0, 0.005), (1, 1, 1, 1)),),
-                  (0.06, 0.06), 0.01),
-)}
+CONTAINERS: dict[str, ContainerSpec] = {
+    c.name: c
+    for c in (
+        _walled("bin", 0.12, 0.07, (0.35, 0.35, 0.4, 1)),
+        _walled("tray", 0.09, 0.02, (0.55, 0.35, 0.2, 1)),
+        ContainerSpec(
+            "plate",
+            (Shape("cylinder", (0.085, 0.01), (0, 0, 0.005), (1, 1, 1, 1)),),
+            (0.06, 0.06),
+            0.01,
+        ),
+    )
+}
 """The container catalogue, by name."""
 
 
@@ -194,8 +273,13 @@ class Person:
             Shape("box", (0.1, 0.2, 0.45), (1.2, self.torso_y, -0.05), shirt),
             Shape("sphere", (0.1,), (1.2, self.torso_y, 0.52), skin),
             Shape("capsule", (0.035, length), tuple(mid), shirt, (0.0, pitch, yaw)),
-            Shape("box", (0.045, 0.035, 0.015), (hx, hy, 0.016), skin,
-                  (0.0, 0.0, float(np.arctan2(*self.toward_robot()[::-1])))),
+            Shape(
+                "box",
+                (0.045, 0.035, 0.015),
+                (hx, hy, 0.016),
+                skin,
+                (0.0, 0.0, float(np.arctan2(*self.toward_robot()[::-1]))),
+            ),
         )
 
 
@@ -203,9 +287,14 @@ def build_table(sim: PyBulletSim) -> None:
     """Create the static table (top at z = 0) as body ``"table"``."""
     hx, hy = (TABLE_X[1] - TABLE_X[0]) / 2, (TABLE_Y[1] - TABLE_Y[0]) / 2
     cx = (TABLE_X[0] + TABLE_X[1]) / 2
-    sim.create_body("table", (Shape("box", (hx, hy, 0.025), (0, 0, -0.025), (0.56, 0.57, 0.62, 1)),
-                              Shape("box", (0.6, 0.8, 0.01), (0.3, 0, -0.8), (0.4, 0.4, 0.42, 1))),
-                    (cx, 0.0, 0.0))
+    sim.create_body(
+        "table",
+        (
+            Shape("box", (hx, hy, 0.025), (0, 0, -0.025), (0.56, 0.57, 0.62, 1)),
+            Shape("box", (0.6, 0.8, 0.01), (0.3, 0, -0.8), (0.4, 0.4, 0.42, 1)),
+        ),
+        (cx, 0.0, 0.0),
+    )
 
 
 def build_person(sim: PyBulletSim, person: Person) -> None:
@@ -215,8 +304,9 @@ def build_person(sim: PyBulletSim, person: Person) -> None:
 
 def build_object(sim: PyBulletSim, spec: ObjectSpec, xy: tuple[float, float]) -> None:
     """Create object ``spec`` resting on the table at ``xy`` (m), body named ``spec.name``."""
-    sim.create_body(spec.name, spec.shapes, (xy[0], xy[1], 0.0), mass=spec.mass,
-                    lateral_friction=0.9)
+    sim.create_body(
+        spec.name, spec.shapes, (xy[0], xy[1], 0.0), mass=spec.mass, lateral_friction=0.9
+    )
 
 
 def build_container(sim: PyBulletSim, spec: ContainerSpec, xy: tuple[float, float]) -> None:

@@ -52,13 +52,17 @@ class Shape:
     euler: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-_GEOM = {"box": p.GEOM_BOX, "cylinder": p.GEOM_CYLINDER, "capsule": p.GEOM_CAPSULE,
-         "sphere": p.GEOM_SPHERE}
+_GEOM = {
+    "box": p.GEOM_BOX,
+    "cylinder": p.GEOM_CYLINDER,
+    "capsule": p.GEOM_CAPSULE,
+    "sphere": p.GEOM_SPHERE,
+}
 
 
 @functools.cache
 def simplified_panda_urdf() -> str:
-    """Path of a Franka Panda URDF from ``pybullet_data`` whose visual meshes are its collision meshes.
+    """Path of a ``pybullet_data`` Franka Panda URDF whose visuals are its collision meshes.
 
     The stock visual meshes hold ~300k lines of OBJ and TinyRenderer draws them at ~50 frames/s on
     one core; the collision meshes are 10-20x lighter and draw a 64x64 frame in ~1.6 ms. Kinematics,
@@ -105,9 +109,11 @@ class PyBulletSim:
         p.resetSimulation(physicsClientId=self.client)
         p.setGravity(0.0, 0.0, -9.81, physicsClientId=self.client)
         p.setTimeStep(1.0 / PHYSICS_HZ, physicsClientId=self.client)
-        p.setPhysicsEngineParameter(numSolverIterations=SOLVER_ITERATIONS,
-                                    deterministicOverlappingPairs=1,
-                                    physicsClientId=self.client)
+        p.setPhysicsEngineParameter(
+            numSolverIterations=SOLVER_ITERATIONS,
+            deterministicOverlappingPairs=1,
+            physicsClientId=self.client,
+        )
         if self.gui:
             p.configureDebugVisualizer(p.COV_ENABLE_GUI, 0, physicsClientId=self.client)
         self.bodies = {}
@@ -124,8 +130,15 @@ class PyBulletSim:
             self._closed = True
 
     # -- bodies --------------------------------------------------------------------------------
-    def create_body(self, name: str, shapes: Sequence[Shape], position: Sequence[float],
-                    mass: float = 0.0, yaw: float = 0.0, lateral_friction: float = 1.0) -> int:
+    def create_body(
+        self,
+        name: str,
+        shapes: Sequence[Shape],
+        position: Sequence[float],
+        mass: float = 0.0,
+        yaw: float = 0.0,
+        lateral_friction: float = 1.0,
+    ) -> int:
         """Create a rigid body from primitive parts and register it under ``name``.
 
         Args:
@@ -140,10 +153,23 @@ class PyBulletSim:
             The PyBullet body id.
         """
         kw = dict(physicsClientId=self.client)
-        col_kw = {"shapeTypes": [], "radii": [], "halfExtents": [], "lengths": [],
-                  "collisionFramePositions": [], "collisionFrameOrientations": []}
-        vis_kw = {"shapeTypes": [], "radii": [], "halfExtents": [], "lengths": [],
-                  "visualFramePositions": [], "visualFrameOrientations": [], "rgbaColors": []}
+        col_kw = {
+            "shapeTypes": [],
+            "radii": [],
+            "halfExtents": [],
+            "lengths": [],
+            "collisionFramePositions": [],
+            "collisionFrameOrientations": [],
+        }
+        vis_kw = {
+            "shapeTypes": [],
+            "radii": [],
+            "halfExtents": [],
+            "lengths": [],
+            "visualFramePositions": [],
+            "visualFrameOrientations": [],
+            "rgbaColors": [],
+        }
         for s in shapes:
             half = list(s.size) if s.kind == "box" else [0.0, 0.0, 0.0]
             radius = s.size[0] if s.kind != "box" else 0.0
@@ -161,8 +187,9 @@ class PyBulletSim:
             vis_kw["rgbaColors"].append(list(s.rgba))
         col = p.createCollisionShapeArray(**col_kw, **kw)
         vis = p.createVisualShapeArray(**vis_kw, **kw)
-        body = p.createMultiBody(mass, col, vis, list(position),
-                                 p.getQuaternionFromEuler([0.0, 0.0, yaw]), **kw)
+        body = p.createMultiBody(
+            mass, col, vis, list(position), p.getQuaternionFromEuler([0.0, 0.0, yaw]), **kw
+        )
         p.changeDynamics(body, -1, lateralFriction=lateral_friction, **kw)
         if mass > 0:
             p.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING, **kw)
@@ -171,8 +198,9 @@ class PyBulletSim:
 
     def load_panda(self, name: str, position: Sequence[float]) -> int:
         """Load the Franka Panda (fixed base, simplified visuals) and register it under ``name``."""
-        body = p.loadURDF(simplified_panda_urdf(), list(position), useFixedBase=True,
-                          physicsClientId=self.client)
+        body = p.loadURDF(
+            simplified_panda_urdf(), list(position), useFixedBase=True, physicsClientId=self.client
+        )
         self.bodies[name] = body
         return body
 
@@ -189,9 +217,9 @@ class PyBulletSim:
     def set_body_pose(self, name: str, position: Sequence[float], yaw: float = 0.0) -> None:
         """Teleport body ``name`` to ``position`` (3,) m with ``yaw`` (rad), zero velocity."""
         body = self.bodies[name]
-        p.resetBasePositionAndOrientation(body, list(position),
-                                          p.getQuaternionFromEuler([0, 0, yaw]),
-                                          physicsClientId=self.client)
+        p.resetBasePositionAndOrientation(
+            body, list(position), p.getQuaternionFromEuler([0, 0, yaw]), physicsClientId=self.client
+        )
         p.resetBaseVelocity(body, [0, 0, 0], [0, 0, 0], physicsClientId=self.client)
 
     def transform_point(self, name: str, local: Sequence[float]) -> np.ndarray:
@@ -202,13 +230,15 @@ class PyBulletSim:
 
     def in_contact(self, a: str, b: str) -> bool:
         """True if bodies ``a`` and ``b`` touched at the last physics step."""
-        return len(p.getContactPoints(self.bodies[a], self.bodies[b],
-                                      physicsClientId=self.client)) > 0
+        return (
+            len(p.getContactPoints(self.bodies[a], self.bodies[b], physicsClientId=self.client)) > 0
+        )
 
     def set_collision(self, a: str, link_a: int, b: str, enable: bool) -> None:
         """Enable or disable collisions between link ``link_a`` of ``a`` and the base of ``b``."""
-        p.setCollisionFilterPair(self.bodies[a], self.bodies[b], link_a, -1, int(enable),
-                                 physicsClientId=self.client)
+        p.setCollisionFilterPair(
+            self.bodies[a], self.bodies[b], link_a, -1, int(enable), physicsClientId=self.client
+        )
 
     # -- articulation --------------------------------------------------------------------------
     def reset_joints(self, name: str, joints: Sequence[int], values: Sequence[float]) -> None:
@@ -223,13 +253,21 @@ class PyBulletSim:
 
     def link_position(self, name: str, link: int) -> np.ndarray:
         """World position (3,) m of the link frame ``link`` of body ``name``."""
-        state = p.getLinkState(self.bodies[name], link, computeForwardKinematics=True,
-                               physicsClientId=self.client)
+        state = p.getLinkState(
+            self.bodies[name], link, computeForwardKinematics=True, physicsClientId=self.client
+        )
         return np.asarray(state[4], dtype=np.float64)
 
-    def inverse_kinematics(self, name: str, link: int, position: Sequence[float],
-                           orientation: Sequence[float], rest: Sequence[float],
-                           lower: Sequence[float], upper: Sequence[float]) -> np.ndarray:
+    def inverse_kinematics(
+        self,
+        name: str,
+        link: int,
+        position: Sequence[float],
+        orientation: Sequence[float],
+        rest: Sequence[float],
+        lower: Sequence[float],
+        upper: Sequence[float],
+    ) -> np.ndarray:
         """Joint positions reaching ``position`` (3,) m with quaternion ``orientation`` (4,).
 
         Damped-least-squares IK of PyBullet with null-space rest poses.
@@ -237,17 +275,31 @@ class PyBulletSim:
         """
         ranges = [u - lo for lo, u in zip(lower, upper, strict=True)]
         q = p.calculateInverseKinematics(
-            self.bodies[name], link, list(position), list(orientation),
-            lowerLimits=list(lower), upperLimits=list(upper), jointRanges=ranges,
-            restPoses=list(rest), maxNumIterations=20, physicsClientId=self.client)
+            self.bodies[name],
+            link,
+            list(position),
+            list(orientation),
+            lowerLimits=list(lower),
+            upperLimits=list(upper),
+            jointRanges=ranges,
+            restPoses=list(rest),
+            maxNumIterations=20,
+            physicsClientId=self.client,
+        )
         return np.asarray(q, dtype=np.float64)
 
-    def position_control(self, name: str, joints: Sequence[int], targets: Sequence[float],
-                         forces: Sequence[float]) -> None:
+    def position_control(
+        self, name: str, joints: Sequence[int], targets: Sequence[float], forces: Sequence[float]
+    ) -> None:
         """Command PD position targets (rad or m) with force limits (N or N·m) on ``joints``."""
-        p.setJointMotorControlArray(self.bodies[name], list(joints), p.POSITION_CONTROL,
-                                    targetPositions=list(targets), forces=list(forces),
-                                    physicsClientId=self.client)
+        p.setJointMotorControlArray(
+            self.bodies[name],
+            list(joints),
+            p.POSITION_CONTROL,
+            targetPositions=list(targets),
+            forces=list(forces),
+            physicsClientId=self.client,
+        )
 
     # -- grasp constraint ----------------------------------------------------------------------
     def attach(self, parent: str, parent_link: int, child: str) -> int:
@@ -261,9 +313,18 @@ class PyBulletSim:
         cpos, cquat = p.getBasePositionAndOrientation(self.bodies[child], **kw)
         inv_pos, inv_quat = p.invertTransform(ppos, pquat)
         rel_pos, rel_quat = p.multiplyTransforms(inv_pos, inv_quat, cpos, cquat)
-        cid = p.createConstraint(self.bodies[parent], parent_link, self.bodies[child], -1,
-                                 p.JOINT_FIXED, [0, 0, 0], rel_pos, [0, 0, 0],
-                                 parentFrameOrientation=rel_quat, **kw)
+        cid = p.createConstraint(
+            self.bodies[parent],
+            parent_link,
+            self.bodies[child],
+            -1,
+            p.JOINT_FIXED,
+            [0, 0, 0],
+            rel_pos,
+            [0, 0, 0],
+            parentFrameOrientation=rel_quat,
+            **kw,
+        )
         p.changeConstraint(cid, maxForce=200.0, **kw)
         return cid
 
@@ -285,16 +346,29 @@ class PyBulletSim:
         p.removeState(state_id, physicsClientId=self.client)
 
     # -- camera --------------------------------------------------------------------------------
-    def render(self, width: int, height: int, eye: Sequence[float], target: Sequence[float],
-               fov_deg: float = 55.0) -> np.ndarray:
-        """RGB image (height, width, 3) uint8 from a pinhole camera at ``eye`` looking at ``target``.
+    def render(
+        self,
+        width: int,
+        height: int,
+        eye: Sequence[float],
+        target: Sequence[float],
+        fov_deg: float = 55.0,
+    ) -> np.ndarray:
+        """RGB image (height, width, 3) uint8 of a pinhole camera at ``eye`` facing ``target``.
 
         TinyRenderer (CPU), no shadows, no segmentation mask.
         """
         view = p.computeViewMatrix(list(eye), list(target), [0, 0, 1])
         proj = p.computeProjectionMatrixFOV(fov_deg, width / height, 0.05, 4.0)
-        out = p.getCameraImage(width, height, view, proj, renderer=p.ER_TINY_RENDERER,
-                               flags=p.ER_NO_SEGMENTATION_MASK, shadow=0,
-                               physicsClientId=self.client)
+        out = p.getCameraImage(
+            width,
+            height,
+            view,
+            proj,
+            renderer=p.ER_TINY_RENDERER,
+            flags=p.ER_NO_SEGMENTATION_MASK,
+            shadow=0,
+            physicsClientId=self.client,
+        )
         rgba = np.asarray(out[2], dtype=np.uint8).reshape(height, width, 4)  # (H, W, 4)
         return np.ascontiguousarray(rgba[..., :3])

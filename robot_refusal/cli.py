@@ -1,0 +1,149 @@
+"""Command-line interface: ``robot-refusal <command>``.
+
+Thin subcommands that call library code. Our errors become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from robot_refusal.errors import RobotRefusalError
+
+log = logging.getLogger("robot_refusal")
+
+
+def _families(text: str) -> list[str]:
+    from robot_refusal.envs import FAMILIES
+
+    if text == "all":
+        return list(FAMILIES)
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_run_args(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument(
+        "--split",
+        default=split,
+        choices=["train", "val", "test"],
+        help=f"instruction split (default: {split})",
+    )
+    p.add_argument(
+        "--episodes", type=_positive, default=10, help="episodes per family and label (default: 10)"
+    )
+    p.add_argument(
+        "--families",
+        type=_families,
+        default="all",
+        help="comma-separated families or 'all' (default: all)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue a run in --out")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``robot-refusal eval``: closed-loop episodes of a policy -> episodes.jsonl, summary.json."""
+    from robot_refusal.rollout import evaluate
+    from robot_refusal.tables import format_summary
+
+    families = args.families if isinstance(args.families, list) else _families(args.families)
+    summary = evaluate(
+        args.policy,
+        args.out,
+        split=args.split,
+        episodes=args.episodes,
+        families=families,
+        seed=args.seed,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(format_summary(summary))
+    print(f"wrote {args.out}/episodes.jsonl and {args.out}/summary.json")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """``robot-refusal collect``: expert demonstrations as a LeRobotDataset v3.0 folder."""
+    from robot_refusal.policies.collect import collect
+
+    families = args.families if isinstance(args.families, list) else _families(args.families)
+    info = collect(
+        args.out,
+        split=args.split,
+        episodes=args.episodes,
+        families=families,
+        seed=args.seed,
+        image_size=args.image_size,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``robot-refusal``."""
+    parser = argparse.ArgumentParser(
+        prog="robot-refusal",
+        description="Embodied robot-safety steering simulator (see README.md).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "eval",
+        help="run closed-loop episodes of a policy over every family",
+        description=cmd_eval.__doc__,
+    )
+    p.add_argument("--policy", required=True, help="expert | unsafe-expert")
+    _add_run_args(p, "test")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "collect",
+        help="record expert demonstrations (LeRobotDataset v3.0)",
+        description=cmd_collect.__doc__,
+    )
+    _add_run_args(p, "train")
+    p.add_argument("--image-size", type=_positive, default=64, help="image side in pixels")
+    p.set_defaults(func=cmd_collect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``robot-refusal`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except RobotRefusalError as e:
+        print(f"robot-refusal: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robot-refusal: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

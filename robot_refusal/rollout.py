@@ -1,0 +1,222 @@
+"""Closed-loop rollouts: a deterministic plan of episodes, one episode's loop, and ``eval``.
+
+Episode seeds derive from the run seed, the family, the label and the index through
+``numpy.random.SeedSequence``, so that a run is the same episodes, bit for bit, on every machine
+run and after every ``--resume``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from robot_refusal.agents import NEEDS_IMAGES, Agent, check_agent, make_agent
+from robot_refusal.envs import ENV_IDS, FAMILIES, RobotRefusalEnv
+from robot_refusal.envs.scenarios import LABELS, SPLITS
+from robot_refusal.envs.task import COST_NAMES
+from robot_refusal.errors import UnknownNameError
+from robot_refusal.metrics import summarize
+from robot_refusal.runs import SUMMARY, RunFolder
+
+StepHook = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], Agent], None]
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One planned episode.
+
+    Attributes:
+        family: Scenario family.
+        label: ``harmful`` or ``harmless``.
+        index: Index within (family, label).
+        seed: The env reset seed.
+    """
+
+    family: str
+    label: str
+    index: int
+    seed: int
+
+    @property
+    def episode_id(self) -> str:
+        """Stable id ``<family>/<label>/<index>``."""
+        return f"{self.family}/{self.label}/{self.index:05d}"
+
+
+def plan_episodes(
+    families: Sequence[str], episodes: int, seed: int, labels: Sequence[str] = LABELS
+) -> list[EpisodeSpec]:
+    """``episodes`` episodes per family and label, interleaved, with derived seeds.
+
+    Raises:
+        UnknownNameError: For an unknown family or label.
+        ValueError: If ``episodes`` < 1.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    for f in families:
+        if f not in FAMILIES:
+            raise UnknownNameError("family", f, FAMILIES)
+    for lab in labels:
+        if lab not in LABELS:
+            raise UnknownNameError("label", lab, LABELS)
+    plan = []
+    for i in range(episodes):
+        for f in families:
+            for lab in labels:
+                ss = np.random.SeedSequence([seed, FAMILIES.index(f), LABELS.index(lab), i])
+                plan.append(EpisodeSpec(f, lab, i, int(ss.generate_state(1)[0])))
+    return plan
+
+
+def run_episode(
+    env: RobotRefusalEnv,
+    agent: Agent,
+    spec: EpisodeSpec,
+    condition: str = "baseline",
+    on_step: StepHook | None = None,
+) -> dict[str, Any]:
+    """Run one episode to its end and return its record (a JSON-ready dict).
+
+    Args:
+        env: The family's env (its split is the record's split).
+        agent: The policy.
+        spec: Which episode.
+        condition: Condition name stored in the record.
+        on_step: Called after every step with ``(obs_before, action, info, agent)``.
+
+    Returns:
+        The record: ids, instruction, outcome flags, summed costs, steps, path length.
+    """
+    obs, info = env.reset(seed=spec.seed, options={"label": spec.label})
+    agent.reset()
+    totals = dict.fromkeys(COST_NAMES, 0.0)
+    cautious = 0
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = agent.select_action(obs)
+        cautious += int(bool(getattr(agent, "cautious", False)))
+        prev = obs
+        obs, _, terminated, truncated, info = env.step(action)
+        for k in COST_NAMES:
+            totals[k] += float(info[f"cost_{k}"])
+        if on_step is not None:
+            on_step(prev, action, info, agent)
+    return {
+        "episode_id": spec.episode_id,
+        "condition": condition,
+        "family": spec.family,
+        "env_id": ENV_IDS[spec.family],
+        "split": env.split,
+        "label": info["label"],
+        "category": info["category"],
+        "task": info["task"],
+        "instruction": info["instruction"],
+        "target": info["target"],
+        "seed": spec.seed,
+        "steps": info["steps"],
+        "is_success": bool(info["is_success"]),
+        "refused": bool(info["refused"]),
+        "unsafe_outcome": bool(info["unsafe_outcome"]),
+        "terminated": bool(terminated),
+        "truncated": bool(truncated),
+        "costs": totals,
+        "cost_total": float(sum(totals.values())),
+        "ee_path_length": float(info["ee_path_length"]),
+        "cautious_steps": cautious if hasattr(agent, "cautious") else None,
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide an episode's outcome."""
+    out = {"python": platform.python_version()}
+    for pkg in ("robot-refusal", "numpy", "gymnasium", "pybullet"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def evaluate(
+    policy: str,
+    out: str | Path,
+    split: str = "test",
+    episodes: int = 10,
+    families: Sequence[str] = FAMILIES,
+    seed: int = 0,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
+
+    Args:
+        policy: Agent name (see :mod:`robot_refusal.agents`).
+        out: Run folder for ``episodes.jsonl``, ``summary.json``, ``config.json``.
+        split: Instruction split.
+        episodes: Episodes per family and label.
+        families: Families to run.
+        seed: Run seed.
+        resume: Skip the episodes already in ``out``.
+        force: Overwrite ``out``.
+        progress: Show a progress bar.
+
+    Returns:
+        The summary written to ``summary.json`` (DESIGN.md section 8).
+
+    Raises:
+        UnknownNameError: Unknown policy, split or family.
+        RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
+    """
+    check_agent(policy)
+    if split not in SPLITS:
+        raise UnknownNameError("split", split, SPLITS)
+    plan = plan_episodes(families, episodes, seed)
+    config = {
+        "command": "eval",
+        "policy": policy,
+        "split": split,
+        "episodes": episodes,
+        "families": list(families),
+        "seed": seed,
+    }
+    run = RunFolder(out, config, resume=resume, force=force)
+    todo = [s for s in plan if s.episode_id not in run.done]
+    envs = {f: RobotRefusalEnv(f, split=split, image_obs=NEEDS_IMAGES[policy]) for f in families}
+    agents = {f: make_agent(policy, envs[f]) for f in families}
+    start = time.perf_counter()
+    try:
+        bar = tqdm(
+            todo,
+            desc=f"eval {policy}",
+            unit="ep",
+            disable=not progress,
+            initial=len(plan) - len(todo),
+            total=len(plan),
+        )
+        for spec in bar:
+            run.append(run_episode(envs[spec.family], agents[spec.family], spec))
+    finally:
+        for env in envs.values():
+            env.close()
+    summary = {
+        "conditions": summarize(run.records),
+        "policy": policy,
+        "direction": None,
+        "seed": seed,
+        "split": split,
+        "episodes_per_family_label": episodes,
+        "versions": versions(),
+        "wall_time_s": round(time.perf_counter() - start, 2),
+    }
+    run.write_json(SUMMARY, summary)
+    return summary

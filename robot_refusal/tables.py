@@ -1,0 +1,53 @@
+"""Plain-text tables of a ``summary.json`` for the terminal and Markdown reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+COLUMNS = (
+    ("harmful", "n", "harmful n"),
+    ("harmful", "refusal_rate", "refusal"),
+    ("harmful", "asr", "ASR"),
+    ("harmful", "violation_rate", "viol."),
+    ("harmless", "n", "harmless n"),
+    ("harmless", "success_rate", "success"),
+    ("harmless", "over_refusal_rate", "over-refusal"),
+    ("harmless", "violation_rate", "viol."),
+)
+
+
+def _cell(block: Mapping[str, Any], key: str) -> str:
+    value = block.get(key)
+    if value is None:
+        return "-"
+    if key == "n":
+        return str(value)
+    ci = block.get(f"{key}_ci")
+    text = f"{100 * value:.1f}%"
+    if ci:
+        text += f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
+    return text
+
+
+def summary_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Rows ``[condition/family, cells...]``: each condition, then its families indented."""
+    rows = []
+    for name, cond in summary["conditions"].items():
+        rows.append([name, *(_cell(cond[lab], key) for lab, key, _ in COLUMNS)])
+        for fam, blocks in cond.get("by_family", {}).items():
+            rows.append([f"  {fam}", *(_cell(blocks[lab], key) for lab, key, _ in COLUMNS)])
+    return rows
+
+
+def format_summary(summary: Mapping[str, Any], markdown: bool = False) -> str:
+    """The conditions table (rates with 95% Wilson intervals) as aligned text or Markdown."""
+    header = ["condition", *(title for _, _, title in COLUMNS)]
+    rows = summary_rows(summary)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [header, *rows])
