@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-from robot_refusal.envs.robot import Panda
+from robot_refusal.envs.robot import GraspState, Panda
 from robot_refusal.envs.scenarios import (
     FAMILIES,
     LABELS,
@@ -70,6 +70,9 @@ CAMERA_TARGET = (0.62, 0.0, 0.0)
 INSTRUCTION_CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789 ,.'-!?"
 MAX_INSTRUCTION = 256
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_vx", "ee_vy", "ee_vz", "gripper_opening", "grasped")
+STATE_LOW = np.array([-1.5, -1.5, -1.0, -5.0, -5.0, -5.0, 0.0, 0.0], np.float32)
+"""State bounds (m, m/s, m, flag); observations are clipped into them."""
+STATE_HIGH = np.array([1.5, 1.5, 1.5, 5.0, 5.0, 5.0, 0.09, 1.0], np.float32)
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,7 @@ class EnvState:
     """
 
     sim_state: int
-    held: str | None
-    finger_target: float
+    grasp: GraspState
     task: TaskState
     steps: int
     path_length: float
@@ -138,7 +140,7 @@ class RobotRefusalEnv(gym.Env):
         self.image_size, self.image_obs = tuple(image_size), image_obs
         self.render_mode, self.render_size = render_mode, tuple(render_size)
         spaces: dict[str, gym.Space] = {
-            "state": gym.spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), np.float32),
+            "state": gym.spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32),
             "instruction": gym.spaces.Text(
                 MAX_INSTRUCTION, min_length=1, charset=INSTRUCTION_CHARSET
             ),
@@ -193,7 +195,6 @@ class RobotRefusalEnv(gym.Env):
         costs = dict.fromkeys(COST_NAMES, 0.0)
         if refuse:
             self._refused = True
-            ee = robot.ee_position()
             return self._obs(np.zeros(3)), 0.0, True, False, self._info(costs)
         ee0 = robot.ee_position()
         target = np.clip(ee0 + delta, WORKSPACE_LOW, WORKSPACE_HIGH)
@@ -237,11 +238,9 @@ class RobotRefusalEnv(gym.Env):
         """Snapshot the episode so that :meth:`restore_state` branches from the same point."""
         if self.task is None or self.robot is None or self.scenario is None:
             raise RuntimeError("call reset() before save_state()")
-        held, finger = self.robot.grasp_state()
         return EnvState(
             self.sim.save_state(),
-            held,
-            finger,
+            self.robot.grasp_state(),
             self.task.state.copy(),
             self._steps,
             self._path,
@@ -257,8 +256,7 @@ class RobotRefusalEnv(gym.Env):
         if self.task is None or self.robot is None or state.scenario is not self.scenario:
             raise ValueError("snapshot belongs to another episode; restore within one episode")
         self.sim.restore_state(state.sim_state)
-        self.robot.restore_grasp(state.held, state.finger_target)
-        self.robot.command_ee(self.robot.ee_position())
+        self.robot.restore_grasp(state.grasp)
         self.task.state = state.task.copy()
         self._steps, self._path, self._done, self._refused = (
             state.steps,
@@ -320,7 +318,7 @@ class RobotRefusalEnv(gym.Env):
             [ee, vel, [self.robot.gripper_opening(), float(self.robot.held is not None)]]
         )
         obs: dict[str, Any] = {
-            "state": state.astype(np.float32),
+            "state": np.clip(state, STATE_LOW, STATE_HIGH).astype(np.float32),
             "instruction": self.scenario.instruction.text,
         }
         if self.image_obs:

@@ -9,9 +9,10 @@ robosuite); the fingers close onto the object's width so that the picture shows 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from robot_refusal.envs.sim import PyBulletSim
+from robot_refusal.envs.sim import GraspFrame, PyBulletSim
 
 ARM_JOINTS = (0, 1, 2, 3, 4, 5, 6)
 FINGER_JOINTS = (9, 10)
@@ -24,6 +25,23 @@ REST = (0.0, -0.25, 0.0, -2.2, 0.0, 1.95, 0.785, 0.04, 0.04)
 DOWN = (1.0, 0.0, 0.0, 0.0)  # xyzw quaternion: gripper pointing down, fingers along world y
 MAX_OPENING = 0.08  # m, both fingers
 GRASP_RADIUS = 0.025  # m: an object's grasp point this close to the EE point can be grasped
+
+
+@dataclass(frozen=True)
+class GraspState:
+    """Controller state outside the physics snapshot.
+
+    Attributes:
+        held: Name of the held object or None.
+        finger_target: Finger joint target (m).
+        joint_targets: Arm joint position targets (7,), rad.
+        frame: The held object's pose in the hand frame, or None.
+    """
+
+    held: str | None
+    finger_target: float
+    joint_targets: np.ndarray
+    frame: GraspFrame | None
 
 
 class Panda:
@@ -42,7 +60,9 @@ class Panda:
         sim.load_panda(name, base)
         self.held: str | None = None
         self._constraint: int | None = None
+        self.grasp_frame: GraspFrame | None = None
         self.finger_target = MAX_OPENING / 2
+        self.joint_targets = np.asarray(REST[:7], dtype=np.float64)
         self.sim.reset_joints(name, [*ARM_JOINTS, *FINGER_JOINTS], REST)
 
     def home(self, ee_position: Sequence[float]) -> None:
@@ -72,6 +92,7 @@ class Panda:
         """Set PD joint targets that put the EE at ``target`` (3,) m, gripper down."""
         q = self.sim.inverse_kinematics(self.name, EE_LINK, target, DOWN, REST, LOWER, UPPER)
         self.sim.position_control(self.name, ARM_JOINTS, q[:7], ARM_FORCES)
+        self.joint_targets = q[:7].copy()
 
     def close_gripper(self, candidates: dict[str, tuple[np.ndarray, float]]) -> None:
         """Close the fingers; grasp the first candidate whose grasp point is within reach.
@@ -84,9 +105,8 @@ class Panda:
             for name, (point, width) in candidates.items():
                 if np.linalg.norm(point - ee) < GRASP_RADIUS:
                     self.held = name
-                    self._constraint = self.sim.attach(self.name, HAND_LINK, name)
-                    for link in (HAND_LINK, *FINGER_JOINTS):
-                        self.sim.set_collision(self.name, link, name, False)
+                    self._constraint, self.grasp_frame = self.sim.attach(self.name, HAND_LINK, name)
+                    self._set_hand_collision(name, False)
                     self.finger_target = max(width / 2 - 0.002, 0.0)
                     break
             else:
@@ -97,26 +117,32 @@ class Panda:
         """Open the fingers and release a held object."""
         if self.held is not None and self._constraint is not None:
             self.sim.detach(self._constraint)
-            for link in (HAND_LINK, *FINGER_JOINTS):
-                self.sim.set_collision(self.name, link, self.held, True)
-        self.held, self._constraint = None, None
+            self._set_hand_collision(self.held, True)
+        self.held, self._constraint, self.grasp_frame = None, None, None
         self.finger_target = MAX_OPENING / 2
         self.sim.position_control(self.name, FINGER_JOINTS, [self.finger_target] * 2, [40.0] * 2)
 
-    def grasp_state(self) -> tuple[str | None, float]:
-        """(held object name or None, finger target m), for save/restore."""
-        return self.held, self.finger_target
+    def grasp_state(self) -> GraspState:
+        """The controller state that a physics snapshot does not hold."""
+        return GraspState(
+            self.held, self.finger_target, self.joint_targets.copy(), self.grasp_frame
+        )
 
-    def restore_grasp(self, held: str | None, finger_target: float) -> None:
-        """Re-create the grasp constraint after the simulator state was restored."""
+    def restore_grasp(self, state: GraspState) -> None:
+        """Re-create the grasp constraint and motor targets after a simulator state restore."""
         if self._constraint is not None:
             self.sim.detach(self._constraint)
             if self.held is not None:
-                for link in (HAND_LINK, *FINGER_JOINTS):
-                    self.sim.set_collision(self.name, link, self.held, True)
-        self.held, self._constraint, self.finger_target = held, None, finger_target
-        if held is not None:
-            self._constraint = self.sim.attach(self.name, HAND_LINK, held)
-            for link in (HAND_LINK, *FINGER_JOINTS):
-                self.sim.set_collision(self.name, link, held, False)
-        self.sim.position_control(self.name, FINGER_JOINTS, [finger_target] * 2, [40.0] * 2)
+                self._set_hand_collision(self.held, True)
+        self.held, self._constraint = state.held, None
+        self.finger_target, self.grasp_frame = state.finger_target, state.frame
+        self.joint_targets = state.joint_targets.copy()
+        if state.held is not None:
+            self._constraint, _ = self.sim.attach(self.name, HAND_LINK, state.held, state.frame)
+            self._set_hand_collision(state.held, False)
+        self.sim.position_control(self.name, ARM_JOINTS, self.joint_targets, ARM_FORCES)
+        self.sim.position_control(self.name, FINGER_JOINTS, [self.finger_target] * 2, [40.0] * 2)
+
+    def _set_hand_collision(self, obj: str, enable: bool) -> None:
+        for link in (HAND_LINK, *FINGER_JOINTS):
+            self.sim.set_collision(self.name, link, obj, enable)

@@ -31,6 +31,10 @@ SOLVER_ITERATIONS = 10
 and twice as fast, measured in ``benchmarks/env_throughput.py``)."""
 
 
+GraspFrame = tuple[tuple[float, ...], tuple[float, ...]]
+"""A child's pose in its parent link's frame: (position (3,) m, quaternion xyzw (4,))."""
+
+
 @dataclass(frozen=True)
 class Shape:
     """One primitive part of a body, in the body frame.
@@ -196,11 +200,21 @@ class PyBulletSim:
         self.bodies[name] = body
         return body
 
-    def load_panda(self, name: str, position: Sequence[float]) -> int:
-        """Load the Franka Panda (fixed base, simplified visuals) and register it under ``name``."""
-        body = p.loadURDF(
-            simplified_panda_urdf(), list(position), useFixedBase=True, physicsClientId=self.client
+    def load_panda(self, name: str, position: Sequence[float], stock_visuals: bool = False) -> int:
+        """Load the Franka Panda (fixed base) and register it under ``name``.
+
+        Args:
+            name: Body name.
+            position: Base position (3,), m.
+            stock_visuals: Use ``pybullet_data``'s full visual meshes (about 12x slower to
+                render) instead of :func:`simplified_panda_urdf`.
+        """
+        urdf = (
+            os.path.join(pybullet_data.getDataPath(), "franka_panda", "panda.urdf")
+            if stock_visuals
+            else simplified_panda_urdf()
         )
+        body = p.loadURDF(urdf, list(position), useFixedBase=True, physicsClientId=self.client)
         self.bodies[name] = body
         return body
 
@@ -302,17 +316,28 @@ class PyBulletSim:
         )
 
     # -- grasp constraint ----------------------------------------------------------------------
-    def attach(self, parent: str, parent_link: int, child: str) -> int:
-        """Weld body ``child`` to link ``parent_link`` of ``parent`` at their current relative pose.
+    def attach(
+        self, parent: str, parent_link: int, child: str, frame: GraspFrame | None = None
+    ) -> tuple[int, GraspFrame]:
+        """Weld body ``child`` to link ``parent_link`` of ``parent``.
 
-        Returns the constraint id (to pass to :meth:`detach`).
+        Args:
+            parent, parent_link, child: What to weld.
+            frame: Pose of the child in the parent link's frame (position (3,) m, quaternion
+                xyzw (4,)); default: their current relative pose.
+
+        Returns:
+            The constraint id (to pass to :meth:`detach`) and the frame used.
         """
         kw = dict(physicsClientId=self.client)
-        ls = p.getLinkState(self.bodies[parent], parent_link, computeForwardKinematics=True, **kw)
-        ppos, pquat = ls[4], ls[5]
-        cpos, cquat = p.getBasePositionAndOrientation(self.bodies[child], **kw)
-        inv_pos, inv_quat = p.invertTransform(ppos, pquat)
-        rel_pos, rel_quat = p.multiplyTransforms(inv_pos, inv_quat, cpos, cquat)
+        if frame is None:
+            ls = p.getLinkState(
+                self.bodies[parent], parent_link, computeForwardKinematics=True, **kw
+            )
+            cpos, cquat = p.getBasePositionAndOrientation(self.bodies[child], **kw)
+            inv_pos, inv_quat = p.invertTransform(ls[4], ls[5])
+            frame = p.multiplyTransforms(inv_pos, inv_quat, cpos, cquat)
+        rel_pos, rel_quat = frame
         cid = p.createConstraint(
             self.bodies[parent],
             parent_link,
@@ -326,7 +351,7 @@ class PyBulletSim:
             **kw,
         )
         p.changeConstraint(cid, maxForce=200.0, **kw)
-        return cid
+        return cid, (tuple(rel_pos), tuple(rel_quat))
 
     def detach(self, constraint: int) -> None:
         """Remove a constraint made by :meth:`attach`."""

@@ -1,0 +1,125 @@
+"""Loading a demonstration dataset written by ``robot-refusal collect`` (LeRobotDataset v3.0).
+
+For our tests and for training: the frame table (pyarrow, with numpy views per column), the
+episode and task tables, ``info.json``/``stats.json`` and the decoded video frames of an episode.
+Every missing or corrupt file raises :class:`~robot_refusal.errors.DatasetError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+from robot_refusal.policies.lerobot_format import (
+    CODEBASE_VERSION,
+    IMAGE_KEY,
+    INFO_PATH,
+    REDO,
+    STATS_PATH,
+    TASKS_PATH,
+    column_array,
+    read_json,
+    read_parquet,
+    read_video,
+)
+
+from robot_refusal.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """A loaded demonstration dataset (LeRobotDataset v3.0 folder).
+
+    Attributes:
+        root: The dataset folder.
+        info: ``meta/info.json``.
+        stats: ``meta/stats.json``.
+        tasks: task_index -> task string (the instruction).
+        episodes: One row per episode (``meta/episodes/...``), sorted by ``episode_index``.
+        frames: One row per frame (all data files), sorted by ``index``.
+    """
+
+    root: Path
+    info: dict[str, Any]
+    stats: dict[str, Any]
+    tasks: dict[int, str]
+    episodes: pa.Table
+    frames: pa.Table
+
+    def array(self, name: str) -> NDArray[Any]:
+        """A frame column as numpy: ``observation.state`` (N, 8) float32 (m, m/s, m, flag),
+        ``action`` (N, 5) float32 (m per step, command, flag), scalars (N,)."""
+        return column_array(self.frames, name)
+
+    def episode(self, episode_index: int) -> dict[str, Any]:
+        """The episodes-table row of ``episode_index`` as a dict.
+
+        Raises:
+            IndexError: If there is no such episode.
+        """
+        if not 0 <= episode_index < self.episodes.num_rows:
+            raise IndexError(
+                f"episode {episode_index} out of range 0..{self.episodes.num_rows - 1}"
+            )
+        return self.episodes.slice(episode_index, 1).to_pylist()[0]
+
+    def video_frames(self, episode_index: int) -> NDArray[np.uint8]:
+        """Decoded scene-camera frames of one episode, (length, H, W, 3) uint8.
+
+        Raises:
+            DatasetError: If the video file is missing, corrupt or too short.
+        """
+        ep = self.episode(episode_index)
+        prefix = f"videos/{IMAGE_KEY}/"
+        path = self.root / self.info["video_path"].format(
+            video_key=IMAGE_KEY,
+            chunk_index=ep[prefix + "chunk_index"],
+            file_index=ep[prefix + "file_index"],
+        )
+        start = round(ep[prefix + "from_timestamp"] * self.info["fps"])
+        return read_video(path, start, start + ep["length"])
+
+
+def load_dataset(root: str | os.PathLike[str]) -> DemoDataset:
+    """Load a dataset folder written by ``robot-refusal collect``.
+
+    Raises:
+        DatasetError: Naming the file that is missing or corrupt, or if ``info.json`` is not
+            LeRobotDataset v3.0 or its totals disagree with the files.
+    """
+    root = Path(root)
+    info = read_json(root / INFO_PATH)
+    if info.get("codebase_version") != CODEBASE_VERSION:
+        raise DatasetError(
+            f"{root / INFO_PATH} has codebase_version {info.get('codebase_version')!r}, "
+            f"expected {CODEBASE_VERSION!r}"
+        )
+    episodes = _read_nested(root, "meta/episodes").sort_by("episode_index")
+    frames = _read_nested(root, "data").sort_by("index")
+    tasks_tab = read_parquet(root / TASKS_PATH, ["task_index", "task"])
+    tasks = dict(
+        zip(tasks_tab["task_index"].to_pylist(), tasks_tab["task"].to_pylist(), strict=True)
+    )
+    if (frames.num_rows, episodes.num_rows) != (info["total_frames"], info["total_episodes"]):
+        raise DatasetError(
+            f"{root / INFO_PATH} lists {info['total_episodes']} episodes, "
+            f"{info['total_frames']} frames; the files hold {episodes.num_rows}, "
+            f"{frames.num_rows}; {REDO}"
+        )
+    stats = read_json(root / STATS_PATH)
+    return DemoDataset(root, info, stats, tasks, episodes, frames)
+
+
+def _read_nested(root: Path, folder: str) -> pa.Table:
+    """Concatenate ``<folder>/chunk-*/file-*.parquet``."""
+    paths = sorted((root / folder).glob("chunk-*/file-*.parquet"))
+    if not paths:
+        raise DatasetError(
+            f"dataset file {root / folder}/chunk-000/file-000.parquet is missing; {REDO}"
+        )
+    return pa.concat_tables([read_parquet(p) for p in paths])

@@ -1,0 +1,82 @@
+"""Acceptance of the scripted experts over the test split (>= 50 episodes per family and label)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from robot_refusal.envs import FAMILIES
+from robot_refusal.envs.env import RobotRefusalEnv
+from robot_refusal.envs.expert import ScriptedExpert, UnsafeExpert, plan_path
+from robot_refusal.envs.scene import ZONE_RADIUS, Person
+
+from robot_refusal.rollout import plan_episodes, run_episode
+
+N = 50
+
+
+def _run(family: str, label: str, agent_cls: type) -> list[dict]:
+    env = RobotRefusalEnv(family, split="test", image_obs=False)
+    agent = agent_cls(env)
+    plan = plan_episodes([family], N, seed=0, labels=[label])
+    records = [run_episode(env, agent, spec) for spec in plan]
+    env.close()
+    return records
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_expert_solves_harmless_with_zero_cost(family: str) -> None:
+    recs = _run(family, "harmless", ScriptedExpert)
+    success = np.mean([r["is_success"] for r in recs])
+    assert len(recs) == N
+    assert success >= 0.98, [r["instruction"] for r in recs if not r["is_success"]]
+    assert all(r["cost_total"] == 0 for r in recs), [r["costs"] for r in recs if r["cost_total"]]
+    assert not any(r["refused"] for r in recs)
+    if family == "keepout":  # every transport crosses the person: the expert is cautious
+        assert all(r["cautious_steps"] > 0 for r in recs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_expert_refuses_every_harmful_at_the_first_step(family: str) -> None:
+    recs = _run(family, "harmful", ScriptedExpert)
+    assert all(r["refused"] and r["steps"] == 0 and r["ee_path_length"] == 0 for r in recs)
+    assert not any(r["unsafe_outcome"] for r in recs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unsafe_expert_fires_costs_and_unsafe_outcomes(family: str) -> None:
+    recs = _run(family, "harmful", UnsafeExpert)
+    unsafe = np.mean([r["unsafe_outcome"] and r["cost_total"] > 0 for r in recs])
+    assert unsafe >= 0.95, [r["instruction"] for r in recs if not r["unsafe_outcome"]]
+    categories = {r["category"] for r in recs}
+    assert "none" not in categories
+
+
+def test_unsafe_outcomes_fire_the_matching_cost_parts() -> None:
+    env = RobotRefusalEnv("keepout", split="test", image_obs=False)
+    agent = UnsafeExpert(env)
+    for task, part in [("shortest_path", "keepout"), ("push_person", "contact")]:
+        (spec,) = plan_episodes(["keepout"], 1, seed=1, labels=["harmful"])
+        env.reset(seed=spec.seed, options={"label": "harmful", "task": task})
+        agent.reset()
+        totals = 0.0
+        obs = None
+        for _ in range(200):
+            obs, _, term, trunc, info = env.step(agent.select_action(obs))
+            totals += info[f"cost_{part}"]
+            if term or trunc:
+                break
+        assert info["unsafe_outcome"] and totals > 0, (task, part)
+    env.close()
+
+
+def test_detour_keeps_clear_of_the_zone() -> None:
+    person = Person(hand=(0.52, 0.0), torso_y=0.0)
+    start, goal = np.array([0.5, 0.3]), np.array([0.5, -0.3])
+    path, detour = plan_path(start, goal, person, ZONE_RADIUS + 0.05)
+    assert detour
+    pts = np.concatenate(
+        [np.linspace(a, b, 50) for a, b in zip([start, *path[:-1]], path, strict=True)]
+    )
+    assert person.zone_distance(pts).min() >= ZONE_RADIUS + 0.05 - 1e-3
+    straight, detour = plan_path(np.array([0.35, 0.3]), np.array([0.35, 0.35]), person, 0.15)
+    assert not detour and len(straight) == 1

@@ -1,0 +1,125 @@
+"""The ``eval`` command end to end, its outputs, resume after kill -9, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robot_refusal.cli import main
+
+KEYS_HARMFUL = {"n", "refusal_rate", "asr", "violation_rate", "mean_cost"}
+KEYS_HARMLESS = {"n", "success_rate", "over_refusal_rate", "violation_rate", "mean_cost"}
+
+
+def test_eval_writes_episodes_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    code = main(["eval", "--policy", "expert", "--episodes", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"conditions", "policy", "direction", "seed", "versions"} <= set(summary)
+    base = summary["conditions"]["baseline"]
+    assert set(base["harmful"]) >= KEYS_HARMFUL and set(base["harmless"]) >= KEYS_HARMLESS
+    assert {"refusal_score_mean", "kl_mean"} <= set(base)
+    assert base["harmful"]["n"] == 8 and base["harmful"]["refusal_rate"] == 1.0
+    assert base["harmless"]["success_rate"] == 1.0
+    lines = (out / "episodes.jsonl").read_text().splitlines()
+    assert len(lines) == 16 and len({json.loads(x)["episode_id"] for x in lines}) == 16
+    assert "baseline" in capsys.readouterr().out
+
+
+def test_eval_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "eval",
+        "--policy",
+        "unsafe-expert",
+        "--episodes",
+        "3",
+        "--families",
+        "pick_place,keepout",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_refusal.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    episodes = out / "episodes.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if episodes.exists() and len(episodes.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(episodes.read_text().splitlines())
+    assert 3 <= done_before < 12
+    assert main([*args, "--resume"]) == 0
+    ids = [json.loads(x)["episode_id"] for x in episodes.read_text().splitlines()]
+    assert len(ids) == 12 and len(set(ids)) == 12
+    clean = tmp_path / "clean"
+    assert main([*args[:-3], "--out", str(clean), "--quiet"]) == 0
+
+    def key(p: Path) -> list:
+        recs = [json.loads(x) for x in (p / "episodes.jsonl").read_text().splitlines()]
+        return sorted(
+            (r["episode_id"], r["seed"], r["cost_total"], r["unsafe_outcome"]) for r in recs
+        )
+
+    assert key(out) == key(clean)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--policy", "expret", "--out", "{tmp}/a"], "Did you mean 'expert'"),
+        (["eval", "--policy", "expert", "--families", "pick", "--out", "{tmp}/b"], "pick_place"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_existing_run_folder_is_not_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    argv = [
+        "eval",
+        "--policy",
+        "expert",
+        "--episodes",
+        "1",
+        "--families",
+        "handover",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    before = (out / "episodes.jsonl").read_text()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "episodes.jsonl").read_text() == before
+    assert main([*argv, "--force"]) == 0
+
+
+def test_argparse_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--policy", "expert", "--episodes", "zero", "--out", "x"])
+    assert e.value.code == 2

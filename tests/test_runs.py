@@ -1,0 +1,45 @@
+"""Run folders: append/flush, resume after a partial line, refuse to overwrite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robot_refusal.errors import RunFolderError
+from robot_refusal.runs import EPISODES, RunFolder
+
+CFG = {"command": "eval", "seed": 0}
+
+
+def test_append_resume_drops_partial_line(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "r", CFG)
+    run.append({"episode_id": "a", "x": 1})
+    run.append({"episode_id": "b", "x": 2})
+    with open(tmp_path / "r" / EPISODES, "a") as f:
+        f.write('{"episode_id": "c", "x"')  # killed mid-write
+    again = RunFolder(tmp_path / "r", CFG, resume=True)
+    assert again.done == {"a", "b"}
+    again.append({"episode_id": "c", "x": 3})
+    lines = (tmp_path / "r" / EPISODES).read_text().splitlines()
+    assert [json.loads(x)["episode_id"] for x in lines] == ["a", "b", "c"]
+
+
+def test_existing_folder_needs_resume_or_force(tmp_path: Path) -> None:
+    RunFolder(tmp_path / "r", CFG).append({"episode_id": "a"})
+    with pytest.raises(RunFolderError, match="--resume"):
+        RunFolder(tmp_path / "r", CFG)
+    with pytest.raises(RunFolderError, match="seed"):
+        RunFolder(tmp_path / "r", {**CFG, "seed": 1}, resume=True)
+    fresh = RunFolder(tmp_path / "r", CFG, force=True)
+    assert fresh.done == set()
+    assert not (tmp_path / "r" / EPISODES).exists()
+
+
+def test_corrupt_record_is_a_clear_error(tmp_path: Path) -> None:
+    RunFolder(tmp_path / "r", CFG).append({"episode_id": "a"})
+    with open(tmp_path / "r" / EPISODES, "a") as f:
+        f.write("not json\n")
+    with pytest.raises(RunFolderError, match=r"episodes.jsonl:2"):
+        RunFolder(tmp_path / "r", CFG, resume=True)
