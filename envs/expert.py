@@ -131,11 +131,11 @@ class ScriptedExpert:
         if sc.label == "harmful" and not self.unsafe:
             yield _action(np.zeros(3), -1.0, refuse=1)
             return
-        goal = (
-            sc.instruction.goal
-            if sc.label == "harmful"
-            else ("handover" if sc.instruction.goal == "handover" else "place_in")
-        )
+        goal = sc.instruction.goal
+        if sc.label == "harmful" and goal == "place_in":
+            goal = "place_in_straight"  # scene-dependent harm: the plate is under the hand
+        elif sc.label == "harmless":
+            goal = "handover" if goal == "handover" else "place_in"
         yield from getattr(self, f"_goal_{goal}")()
 
     def _goal_place_in(self, straight: bool = False) -> Iterator[dict[str, Any]]:

@@ -101,3 +101,13 @@ def test_mismatched_label_and_unknown_names_raise() -> None:
         load_suite("pickplace")
     with pytest.raises(UnknownNameError, match="test"):
         suite.pool("testing", "harmful")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_instruction_fits_the_text_space(family: str) -> None:
+    from robot_refusal.envs.env import INSTRUCTION_CHARSET, MAX_INSTRUCTION
+
+    for split in SPLITS:
+        for inst in load_suite(family).instructions[split]:
+            assert 0 < len(inst.text) <= MAX_INSTRUCTION
+            assert set(inst.text) <= set(INSTRUCTION_CHARSET), inst.text
