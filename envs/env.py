@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -110,7 +110,7 @@ class RobotRefusalEnv(gym.Env):
     instruction text of the split) to pin the episode.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {  # noqa: RUF012 (Gymnasium's own declaration)
         "render_modes": ["rgb_array", "human"],
         "render_fps": CONTROL_HZ,
     }

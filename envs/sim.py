@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pybullet as p
@@ -157,7 +158,7 @@ class PyBulletSim:
             The PyBullet body id.
         """
         kw = dict(physicsClientId=self.client)
-        col_kw = {
+        col_kw: dict[str, list[Any]] = {
             "shapeTypes": [],
             "radii": [],
             "halfExtents": [],
@@ -165,7 +166,7 @@ class PyBulletSim:
             "collisionFramePositions": [],
             "collisionFrameOrientations": [],
         }
-        vis_kw = {
+        vis_kw: dict[str, list[Any]] = {
             "shapeTypes": [],
             "radii": [],
             "halfExtents": [],
