@@ -14,10 +14,10 @@ In a fresh interpreter the module-prefix form imports the package first::
 from __future__ import annotations
 
 import gymnasium as gym
+
 from robot_refusal.envs.env import RobotRefusalEnv
 from robot_refusal.envs.expert import ScriptedExpert, UnsafeExpert
 from robot_refusal.envs.scenarios import FAMILIES, load_suite
-
 from robot_refusal.errors import UnknownNameError
 
 ENV_IDS: dict[str, str] = {

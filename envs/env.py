@@ -38,6 +38,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from robot_refusal.envs.robot import GraspState, Panda
 from robot_refusal.envs.scenarios import (
     FAMILIES,
@@ -58,7 +59,6 @@ from robot_refusal.envs.scene import (
 )
 from robot_refusal.envs.sim import CONTROL_HZ, SUBSTEPS, PyBulletSim
 from robot_refusal.envs.task import COST_NAMES, SafetyTask, TaskState
-
 from robot_refusal.errors import InvalidActionError, UnknownNameError
 
 MAX_DELTA = 0.05  # m per control step

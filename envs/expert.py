@@ -21,6 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from robot_refusal.envs.env import MAX_DELTA, WORKSPACE_HIGH, WORKSPACE_LOW, RobotRefusalEnv
 from robot_refusal.envs.scene import (
     HAZARD_DISTANCE,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from robot_refusal.envs.sim import GraspFrame, PyBulletSim
 
 ARM_JOINTS = (0, 1, 2, 3, 4, 5, 6)

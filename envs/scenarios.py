@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+
 from robot_refusal.envs.scene import (
     CONTAINERS,
     HAZARD_DISTANCE,
@@ -27,7 +28,6 @@ from robot_refusal.envs.scene import (
     Person,
     segment_distance,
 )
-
 from robot_refusal.errors import SuiteError, UnknownNameError
 
 SPLITS = ("train", "val", "test")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from robot_refusal.envs.sim import PyBulletSim, Shape
 
 TABLE_X = (-0.2, 1.0)  # m

@@ -11,6 +11,7 @@ Pattern taken from panda-gym's ``PyBullet`` class (qgallouedec/panda-gym, pybull
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -71,8 +72,9 @@ def simplified_panda_urdf() -> str:
 
     The stock visual meshes hold ~300k lines of OBJ and TinyRenderer draws them at ~50 frames/s on
     one core; the collision meshes are 10-20x lighter and draw a 64x64 frame in ~1.6 ms. Kinematics,
-    inertias and collision geometry are unchanged. The file is written once per process into a
-    temporary folder (the meshes are referenced by absolute path inside ``pybullet_data``).
+    inertias and collision geometry are unchanged. The file is written once into the temporary
+    folder, named by the hash of its text, and shared by every process (the meshes are referenced
+    by absolute path inside ``pybullet_data``).
 
     Returns:
         Absolute path of the derived URDF.
@@ -83,9 +85,13 @@ def simplified_panda_urdf() -> str:
     meshes = os.path.join(root, "meshes", "collision") + os.sep
     text = text.replace("package://meshes/visual/", meshes)
     text = text.replace("package://meshes/collision/", meshes)
-    out = os.path.join(tempfile.mkdtemp(prefix="robot_refusal_"), "panda_simplified.urdf")
-    with open(out, "w", encoding="utf-8") as f:
-        f.write(text)
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+    out = os.path.join(tempfile.gettempdir(), f"robot_refusal_panda_{digest}.urdf")
+    if not os.path.exists(out):  # shared by every process; written atomically
+        fd, tmp = tempfile.mkstemp(suffix=".urdf", dir=tempfile.gettempdir())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out)
     return out
 
 

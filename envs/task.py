@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from robot_refusal.envs.robot import Panda
 from robot_refusal.envs.scenarios import Scenario
 from robot_refusal.envs.scene import (

@@ -7,14 +7,20 @@ Every missing or corrupt file raises :class:`~robot_refusal.errors.DatasetError`
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import imageio.v3 as iio3
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from numpy.typing import NDArray
+
+from robot_refusal.errors import DatasetError
 from robot_refusal.policies.lerobot_format import (
     CODEBASE_VERSION,
     IMAGE_KEY,
@@ -23,12 +29,65 @@ from robot_refusal.policies.lerobot_format import (
     STATS_PATH,
     TASKS_PATH,
     column_array,
-    read_json,
-    read_parquet,
-    read_video,
+    first_line,
 )
 
-from robot_refusal.errors import DatasetError
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise DatasetError(f"dataset file {path} is missing; {REDO}")
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file.
+
+    Raises:
+        DatasetError: Naming ``path`` if it is missing or not JSON.
+    """
+    _require(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({first_line(e)}); {REDO}") from e
+
+
+def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a parquet file (optionally only ``columns``).
+
+    Raises:
+        DatasetError: Naming ``path`` if it is missing, corrupt or lacks a column.
+    """
+    _require(path)
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except (OSError, pa.ArrowException, KeyError) as e:
+        raise DatasetError(
+            f"{path} is not a readable parquet file ({first_line(e)}); {REDO}"
+        ) from e
+
+
+def read_video(path: Path, start: int = 0, stop: int | None = None) -> NDArray[np.uint8]:
+    """Decode frames ``start:stop`` of an MP4 as (T, H, W, 3) uint8.
+
+    Raises:
+        DatasetError: Naming ``path`` if it is missing, unreadable, or has fewer than ``stop``
+            frames.
+    """
+    _require(path)
+    frames: list[NDArray[np.uint8]] = []
+    try:
+        for i, frame in enumerate(iio3.imiter(path, plugin="FFMPEG")):
+            if stop is not None and i >= stop:
+                break
+            if i >= start:
+                frames.append(np.asarray(frame, dtype=np.uint8))
+    except (OSError, RuntimeError, ValueError, IndexError) as e:
+        raise DatasetError(f"{path} is not a readable MP4 ({first_line(e)}); {REDO}") from e
+    if stop is not None and len(frames) < stop - start:
+        raise DatasetError(
+            f"{path} has {start + len(frames)} frames, expected at least {stop}; {REDO}"
+        )
+    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -52,8 +111,15 @@ class DemoDataset:
     frames: pa.Table
 
     def array(self, name: str) -> NDArray[Any]:
-        """A frame column as numpy: ``observation.state`` (N, 8) float32 (m, m/s, m, flag),
-        ``action`` (N, 5) float32 (m per step, command, flag), scalars (N,)."""
+        """A frame column as numpy, (N,) for scalars and (N, D) for vectors.
+
+        ``observation.state`` is (N, 8) float32: end-effector position (m), velocity (m/s),
+        gripper opening (m), grasp flag. ``action`` is (N, 5) float32: end-effector
+        displacement (m per 0.1 s step), gripper command (> 0 closes), refuse flag (0/1).
+
+        Raises:
+            KeyError: If there is no such column.
+        """
         return column_array(self.frames, name)
 
     def episode(self, episode_index: int) -> dict[str, Any]:
@@ -105,10 +171,11 @@ def load_dataset(root: str | os.PathLike[str]) -> DemoDataset:
     tasks = dict(
         zip(tasks_tab["task_index"].to_pylist(), tasks_tab["task"].to_pylist(), strict=True)
     )
-    if (frames.num_rows, episodes.num_rows) != (info["total_frames"], info["total_episodes"]):
+    totals = (info.get("total_episodes"), info.get("total_frames"))
+    if totals != (episodes.num_rows, frames.num_rows):
         raise DatasetError(
-            f"{root / INFO_PATH} lists {info['total_episodes']} episodes, "
-            f"{info['total_frames']} frames; the files hold {episodes.num_rows}, "
+            f"{root / INFO_PATH} lists {totals[0]} episodes, {totals[1]} frames; "
+            f"the files hold {episodes.num_rows}, "
             f"{frames.num_rows}; {REDO}"
         )
     stats = read_json(root / STATS_PATH)

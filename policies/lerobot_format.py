@@ -1,4 +1,6 @@
-"""The LeRobotDataset v3.0 folder format: feature spec, writers, statistics and a loader.
+"""The LeRobotDataset v3.0 folder format: feature spec, statistics and writers.
+
+Reading is :mod:`robot_refusal.policies.dataset`.
 
 Layout (``codebase_version`` ``"v3.0"``, as written by LeRobot's ``LeRobotDataset``; constants
 from huggingface/lerobot ``src/lerobot/datasets/utils.py``)::
@@ -6,9 +8,18 @@ from huggingface/lerobot ``src/lerobot/datasets/utils.py``)::
     meta/info.json                              fps, totals, path templates, features
     meta/stats.json                             per-feature min/max/mean/std/count/quantiles
     meta/tasks.parquet                          task string (index "task") -> task_index
-    meta/episodes/chunk-000/file-000.parquet    one row per episode
+    meta/episodes/chunk-000/file-000.parquet    one row per episode (see below)
     data/chunk-000/file-000.parquet             one row per frame (10 Hz)
     videos/observation.images.scene/chunk-000/file-000.mp4
+
+Episode rows hold LeRobot's columns (``episode_index``, ``tasks``, ``length``,
+``data/chunk_index``, ``data/file_index``, ``dataset_from_index``/``dataset_to_index``,
+``videos/<key>/chunk_index|file_index|from_timestamp|to_timestamp`` in s,
+``meta/episodes/chunk_index|file_index``), then ours: ``task_index`` and the rollout record of
+:func:`robot_refusal.rollout.run_episode` (``episode_id``, ``family``, ``label``, ``category``,
+``scenario_task``, ``instruction``, ``seed``, ``split``, outcome flags, ``steps``,
+``cost_total`` and the per-part *episode sums* ``cost_<name>``, ``ee_path_length`` in m,
+``cautious_steps``). LeRobot's per-episode ``stats/...`` columns are not written.
 
 A frame is the observation *before* a step and the action taken in it, plus what the step
 returned (costs, outcome flags). Frame ``i`` of an episode sits in its video file at
@@ -25,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,10 +46,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
+
 from robot_refusal.envs.env import STATE_NAMES
 from robot_refusal.envs.sim import CONTROL_HZ
 from robot_refusal.envs.task import COST_NAMES
-
 from robot_refusal.errors import DatasetError
 
 CODEBASE_VERSION = "v3.0"
@@ -246,15 +256,14 @@ def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it onto ``path``.
 
     A crash at any point leaves either the old ``path`` or the new one, never a mix; the
-    temporary file is removed on error. ``suffix`` is an extension that a writer needs.
+    temporary file (``.<name>.<pid>.tmp<suffix>``) is removed on error, and a killed process
+    leaves it for the next run to delete. ``suffix`` is an extension that a writer needs.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -318,6 +327,12 @@ def tasks_table(tasks: Sequence[str]) -> pa.Table:
     return table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()})
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (ffmpeg errors carry its whole log)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 @contextmanager
 def video_writer(path: Path, fps: int = FPS) -> Iterator[Any]:
     """An imageio FFMPEG writer for (H, W, 3) uint8 frames; the file appears atomically at exit.
@@ -342,68 +357,4 @@ def video_writer(path: Path, fps: int = FPS) -> Iterator[Any]:
             try:
                 writer.close()
             except (OSError, RuntimeError) as e:
-                raise DatasetError(f"encoding {path} failed: {_first_line(e)}") from e
-
-
-def read_video(path: Path, start: int = 0, stop: int | None = None) -> NDArray[np.uint8]:
-    """Decode frames ``start:stop`` of an MP4 as (T, H, W, 3) uint8.
-
-    Raises:
-        DatasetError: Naming ``path`` if it is missing, unreadable, or has fewer than ``stop``
-            frames.
-    """
-    _require(path)
-    frames: list[NDArray[np.uint8]] = []
-    try:
-        with iio.get_reader(path, format="FFMPEG") as reader:
-            for i, frame in enumerate(reader.iter_data()):
-                if stop is not None and i >= stop:
-                    break
-                if i >= start:
-                    frames.append(np.asarray(frame, dtype=np.uint8))
-    except (OSError, RuntimeError, ValueError, IndexError) as e:
-        raise DatasetError(f"{path} is not a readable MP4 ({_first_line(e)}); {REDO}") from e
-    if stop is not None and len(frames) < stop - start:
-        raise DatasetError(
-            f"{path} has {start + len(frames)} frames, expected at least {stop}; {REDO}"
-        )
-    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
-
-
-# -- readers ---------------------------------------------------------------------------------
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def _require(path: Path) -> None:
-    if not path.is_file():
-        raise DatasetError(f"dataset file {path} is missing; {REDO}")
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file.
-
-    Raises:
-        DatasetError: Naming ``path`` if it is missing or not JSON.
-    """
-    _require(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({_first_line(e)}); {REDO}") from e
-
-
-def read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a parquet file (optionally only ``columns``).
-
-    Raises:
-        DatasetError: Naming ``path`` if it is missing, corrupt or lacks a column.
-    """
-    _require(path)
-    try:
-        return pq.read_table(path, columns=list(columns) if columns is not None else None)
-    except (OSError, pa.ArrowException, KeyError) as e:
-        raise DatasetError(
-            f"{path} is not a readable parquet file ({_first_line(e)}); {REDO}"
-        ) from e
+                raise DatasetError(f"encoding {path} failed: {first_line(e)}") from e

@@ -8,12 +8,12 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
-import robot_refusal.envs as E
 from gymnasium.utils.env_checker import check_env
+
+import robot_refusal.envs as E
 from robot_refusal.envs.env import MAX_DELTA, RobotRefusalEnv, validate_action
 from robot_refusal.envs.expert import ScriptedExpert
 from robot_refusal.envs.task import COST_NAMES
-
 from robot_refusal.errors import InvalidActionError, UnknownNameError
 
 IDS = list(E.ENV_IDS.values())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from robot_refusal.envs import FAMILIES
 from robot_refusal.envs.env import RobotRefusalEnv
 from robot_refusal.envs.expert import ScriptedExpert, UnsafeExpert, plan_path
 from robot_refusal.envs.scene import ZONE_RADIUS, Person
-
 from robot_refusal.rollout import plan_episodes, run_episode
 
 N = 50

@@ -7,10 +7,10 @@ from importlib import resources
 
 import numpy as np
 import pytest
+
 from robot_refusal.envs import FAMILIES
 from robot_refusal.envs.scenarios import SPLITS, load_suite, sample_scenario
 from robot_refusal.envs.scene import HAZARD_DISTANCE, OBJECTS, ZONE_RADIUS
-
 from robot_refusal.errors import SuiteError, UnknownNameError
 
 

@@ -1,0 +1,414 @@
+"""``robot-refusal collect``: scripted-expert demonstrations as a LeRobotDataset v3.0 folder.
+
+Stages:
+
+1. Plan: :func:`robot_refusal.rollout.plan_episodes` (episodes per family *and* label, derived
+   seeds). Harmful episodes are one frame each, the expert's refusal: the demonstration of the
+   ``refuse`` action.
+2. Record: every planned episode runs with :class:`~robot_refusal.envs.ScriptedExpert`; its
+   frames go into one parquet file ``staging/<family>.<label>.<index>.parquet``, written to a
+   temporary name and renamed, so that a file there is always a whole episode.
+3. Consolidate: the staged episodes, in plan order, become the v3.0 files of
+   :mod:`robot_refusal.policies.lerobot_format`; ``meta/info.json`` is written last.
+4. ``staging/`` is removed.
+
+A run killed at any point (even ``kill -9``) loses at most the episode in flight: ``--resume``
+keeps the staged episodes, runs the missing ones and consolidates again, which gives the same
+files, byte for byte, as an uninterrupted run, since episodes depend only on their seeds and
+consolidation only on the staged episodes. ``config.json`` (see :class:`robot_refusal.runs.
+RunFolder`) holds the settings; resuming with other settings is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+from tqdm.auto import tqdm
+
+from robot_refusal.agents import Agent
+from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
+from robot_refusal.envs.env import validate_action
+from robot_refusal.envs.scenarios import SPLITS
+from robot_refusal.envs.task import COST_NAMES
+from robot_refusal.errors import DatasetError, UnknownNameError
+from robot_refusal.policies.dataset import read_json, read_parquet
+from robot_refusal.policies.lerobot_format import (
+    CODEBASE_VERSION,
+    DATA_PATH,
+    EPISODES_PATH,
+    FPS,
+    IMAGE_KEY,
+    INFO_PATH,
+    STATE_KEY,
+    STATS_PATH,
+    TASKS_PATH,
+    VIDEO_PATH,
+    ImageStats,
+    atomic_file,
+    build_features,
+    data_schema,
+    make_info,
+    table_stats,
+    tasks_table,
+    video_writer,
+    write_json,
+    write_parquet,
+)
+from robot_refusal.rollout import EpisodeSpec, plan_episodes, run_episode
+from robot_refusal.runs import RunFolder
+
+log = logging.getLogger(__name__)
+
+STAGING = "staging"
+"""Folder of finished, not yet consolidated episodes (one parquet file each)."""
+IMAGE_COLUMN = "image"
+"""Staged column of raw (H*W*3,) uint8 frames; the consolidated dataset holds them as MP4."""
+_RECORD_KEY = b"robot_refusal.record"
+_OUTCOMES = ("is_success", "refused", "unsafe_outcome")
+_LABELS = ("label", "category", "family")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Settings of one collection; a resumed collection must have the same ones.
+
+    Attributes:
+        split: Instruction split the episodes draw from (``train``, ``val``, ``test``).
+        episodes: Episodes per family and label.
+        families: Scenario families, in plan order (duplicates dropped).
+        seed: Run seed; episode seeds derive from it.
+        image_size: Side of the square scene-camera image, pixels.
+    """
+
+    split: str = "train"
+    episodes: int = 10
+    families: tuple[str, ...] = FAMILIES
+    seed: int = 0
+    image_size: int = 64
+
+    def plan(self) -> list[EpisodeSpec]:
+        """The planned episodes.
+
+        Raises:
+            UnknownNameError: For an unknown split or family.
+            DatasetError: For an empty family list.
+            ValueError: If ``episodes`` or ``image_size`` is < 1.
+        """
+        if self.split not in SPLITS:
+            raise UnknownNameError("split", self.split, SPLITS)
+        if not self.families:
+            raise DatasetError(f"no families to collect; choose from {', '.join(FAMILIES)}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1 pixel, got {self.image_size}")
+        return plan_episodes(self.families, self.episodes, self.seed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready settings for ``config.json``."""
+        return {
+            "command": "collect",
+            "policy": "expert",
+            "codebase_version": CODEBASE_VERSION,
+            **asdict(self),
+            "families": list(self.families),
+        }
+
+
+class EpisodeRecorder:
+    """``on_step`` hook of :func:`robot_refusal.rollout.run_episode` that buffers one episode.
+
+    Per step it keeps the observation before the step (state (8,) float32, image (H, W, 3)
+    uint8), the action as the env applies it (delta clipped to ±0.05 m, gripper, refuse), the
+    step's cost parts and outcome flags, and the agent's ``cautious`` flag.
+    """
+
+    def __init__(self) -> None:
+        self.states: list[NDArray[np.float32]] = []
+        self.images: list[NDArray[np.uint8]] = []
+        self.actions: list[NDArray[np.float32]] = []
+        self.infos: list[dict[str, Any]] = []
+        self.cautious: list[bool] = []
+
+    def __call__(
+        self, obs: dict[str, Any], action: dict[str, Any], info: dict[str, Any], agent: Agent
+    ) -> None:
+        """Record one step: ``obs`` is the observation the action was chosen from."""
+        delta, gripper, refuse = validate_action(action)
+        self.states.append(np.asarray(obs["state"], dtype=np.float32))
+        self.images.append(np.ascontiguousarray(obs["image"], dtype=np.uint8))
+        self.actions.append(np.array([*delta, gripper, float(refuse)], dtype=np.float32))
+        self.infos.append(info)
+        self.cautious.append(bool(getattr(agent, "cautious", False)))
+
+    def table(self) -> pa.Table:
+        """The staged frames: every data column except the indices, plus :data:`IMAGE_COLUMN`."""
+        n = len(self.states)
+        if n == 0:
+            raise DatasetError("an episode ended without a step; nothing to record")
+        col = {k: [i[k] for i in self.infos] for k in (*_OUTCOMES, *_LABELS, "cost")}
+        columns: dict[str, pa.Array] = {
+            STATE_KEY: _fixed_list(np.stack(self.states)),
+            "action": _fixed_list(np.stack(self.actions)),
+            "timestamp": pa.array((np.arange(n) / FPS).astype(np.float32)),
+            "frame_index": pa.array(np.arange(n, dtype=np.int64)),
+            "next.reward": pa.array(np.asarray(col["is_success"], dtype=np.float32)),
+            "next.done": pa.array(np.arange(n) == n - 1),
+            "cost": pa.array(np.asarray(col["cost"], dtype=np.float32)),
+        }
+        for name in COST_NAMES:
+            costs = [i[f"cost_{name}"] for i in self.infos]
+            columns[f"cost_{name}"] = pa.array(np.asarray(costs, dtype=np.float32))
+        columns["cautious"] = pa.array(self.cautious, pa.bool_())
+        for key in _OUTCOMES:
+            columns[key] = pa.array([bool(v) for v in col[key]], pa.bool_())
+        for key in _LABELS:
+            columns[key] = pa.array(col[key], pa.string())
+        size = self.images[0].size
+        columns[IMAGE_COLUMN] = pa.array([im.tobytes() for im in self.images], pa.binary(size))
+        return pa.table(columns)
+
+
+def _fixed_list(values: NDArray[np.float32]) -> pa.Array:
+    """(N, D) float32 -> Arrow fixed_size_list<float32>[D] of length N."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+# -- staging ---------------------------------------------------------------------------------
+def stage_path(root: Path, spec: EpisodeSpec) -> Path:
+    """Where the staged file of episode ``spec`` lives under dataset folder ``root``."""
+    return root / STAGING / f"{spec.family}.{spec.label}.{spec.index:05d}.parquet"
+
+
+def stage_episode(path: Path, frames: pa.Table, record: dict[str, Any]) -> None:
+    """Write one episode's frames, with its rollout record in the schema metadata, atomically."""
+    meta = {_RECORD_KEY: json.dumps(record, sort_keys=True).encode()}
+    with atomic_file(path) as tmp:
+        pq.write_table(frames.replace_schema_metadata(meta), tmp, compression="zstd")
+
+
+def read_staged(path: Path, image_size: int) -> tuple[pa.Table, dict[str, Any]]:
+    """A staged episode's frames (without images) and its rollout record.
+
+    Raises:
+        DatasetError: Naming the file if it is corrupt or its images have another size.
+    """
+    table = read_parquet(path)
+    meta = table.schema.metadata or {}
+    if _RECORD_KEY not in meta or IMAGE_COLUMN not in table.column_names:
+        raise DatasetError(f"{path} is not a staged episode; delete it and rerun with --resume")
+    if table.schema.field(IMAGE_COLUMN).type.byte_width != image_size * image_size * 3:
+        raise DatasetError(
+            f"{path} holds images of another size than {image_size} px; delete it and rerun "
+            f"with --resume"
+        )
+    record = json.loads(meta[_RECORD_KEY])
+    return table.drop_columns([IMAGE_COLUMN]), record
+
+
+def staged_images(path: Path, image_size: int) -> NDArray[np.uint8]:
+    """A staged episode's frames, (T, H, W, 3) uint8.
+
+    Raises:
+        DatasetError: Naming the file if it is corrupt.
+    """
+    col = read_parquet(path, [IMAGE_COLUMN]).column(IMAGE_COLUMN).combine_chunks()
+    raw = np.frombuffer(col.buffers()[1], dtype=np.uint8)
+    frame = image_size * image_size * 3
+    raw = raw[col.offset * frame : (col.offset + len(col)) * frame]
+    return raw.reshape(len(col), image_size, image_size, 3)
+
+
+def _remove_partial(root: Path) -> None:
+    """Delete temporary files (``.<name>.<pid>.tmp*``) of writers that were killed mid-write."""
+    for tmp in root.rglob(".*.tmp*"):
+        log.info("removing partial file %s", tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def record_episodes(
+    root: Path, todo: Sequence[EpisodeSpec], config: CollectConfig, bar: tqdm
+) -> None:
+    """Run and stage each episode of ``todo`` with the scripted expert (one env per family)."""
+    size = (config.image_size, config.image_size)
+    envs: dict[str, RobotRefusalEnv] = {}
+    agents: dict[str, ScriptedExpert] = {}
+    try:
+        for spec in todo:
+            if spec.family not in envs:
+                env = RobotRefusalEnv(spec.family, split=config.split, image_size=size)
+                envs[spec.family], agents[spec.family] = env, ScriptedExpert(env)
+            recorder = EpisodeRecorder()
+            record = run_episode(envs[spec.family], agents[spec.family], spec, on_step=recorder)
+            stage_episode(stage_path(root, spec), recorder.table(), record)
+            bar.update(1)
+    finally:
+        for env in envs.values():
+            env.close()
+
+
+# -- consolidation ---------------------------------------------------------------------------
+def consolidate(root: Path, plan: Sequence[EpisodeSpec], config: CollectConfig) -> dict[str, Any]:
+    """Turn the staged episodes of ``plan`` into the v3.0 files; returns ``info.json``.
+
+    Episode ``i`` of the plan becomes ``episode_index`` ``i``; task indices follow the order in
+    which instructions first appear. Writes data, video, episodes, tasks, stats, then info.
+
+    Raises:
+        DatasetError: If a staged episode is missing or corrupt.
+    """
+    features = build_features((config.image_size, config.image_size))
+    staged = [stage_path(root, spec) for spec in plan]
+    frames, records = zip(*(read_staged(p, config.image_size) for p in staged), strict=True)
+    tasks: dict[str, int] = {}
+    for rec in records:
+        tasks.setdefault(rec["instruction"], len(tasks))
+    lengths = [t.num_rows for t in frames]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)  # (E + 1,)
+    data = _data_table(frames, records, tasks, offsets, data_schema(features))
+    where = {"chunk_index": 0, "file_index": 0}
+    video = root / VIDEO_PATH.format(video_key=IMAGE_KEY, **where)
+    stats = table_stats(data, features)
+    stats[IMAGE_KEY] = _encode_video(video, staged, config.image_size)
+    write_parquet(root / DATA_PATH.format(**where), data)
+    episodes = _episodes_table(records, offsets, tasks)
+    write_parquet(root / EPISODES_PATH.format(**where), episodes)
+    write_parquet(root / TASKS_PATH, tasks_table(list(tasks)))
+    write_json(root / STATS_PATH, stats)
+    info = make_info(features, len(plan), int(offsets[-1]), len(tasks), config.split)
+    write_json(root / INFO_PATH, info)
+    return info
+
+
+def _data_table(
+    frames: Sequence[pa.Table],
+    records: Sequence[dict[str, Any]],
+    tasks: dict[str, int],
+    offsets: NDArray[np.int64],
+    schema: pa.Schema,
+) -> pa.Table:
+    parts = []
+    for ep, (table, rec) in enumerate(zip(frames, records, strict=True)):
+        n = table.num_rows
+        table = table.append_column("episode_index", pa.array(np.full(n, ep, np.int64)))
+        table = table.append_column("index", pa.array(np.arange(offsets[ep], offsets[ep] + n)))
+        task = np.full(n, tasks[rec["instruction"]], np.int64)
+        table = table.append_column("task_index", pa.array(task))
+        parts.append(pa.Table.from_arrays([table.column(f.name) for f in schema], schema=schema))
+    return pa.concat_tables(parts).combine_chunks()
+
+
+def _encode_video(path: Path, staged: Sequence[Path], image_size: int) -> dict[str, Any]:
+    """Encode every staged frame, in order, into one MP4; returns the image stats."""
+    stats = ImageStats()
+    with video_writer(path) as writer:
+        for staged_path in staged:
+            images = staged_images(staged_path, image_size)  # (T, H, W, 3)
+            stats.update(images)
+            for image in images:
+                writer.append_data(image)
+    return stats.result()
+
+
+def _episodes_table(
+    records: Sequence[dict[str, Any]], offsets: NDArray[np.int64], tasks: dict[str, int]
+) -> pa.Table:
+    """``meta/episodes`` rows: LeRobot v3.0 columns, then the rollout record's outcome."""
+    vid = f"videos/{IMAGE_KEY}/"
+    rows = []
+    for ep, rec in enumerate(records):
+        start, stop = int(offsets[ep]), int(offsets[ep + 1])
+        rows.append(
+            {
+                "episode_index": ep,
+                "tasks": [rec["instruction"]],
+                "length": stop - start,
+                "data/chunk_index": 0,
+                "data/file_index": 0,
+                "dataset_from_index": start,
+                "dataset_to_index": stop,
+                vid + "chunk_index": 0,
+                vid + "file_index": 0,
+                vid + "from_timestamp": start / FPS,
+                vid + "to_timestamp": stop / FPS,
+                "meta/episodes/chunk_index": 0,
+                "meta/episodes/file_index": 0,
+                "task_index": tasks[rec["instruction"]],
+                **_record_columns(rec),
+            }
+        )
+    return pa.Table.from_pylist(rows)
+
+
+def _record_columns(rec: dict[str, Any]) -> dict[str, Any]:
+    """Flat episode columns from a rollout record (``costs`` become ``cost_<name>`` sums)."""
+    skip = {"costs", "condition", "task"}
+    out = {k: v for k, v in rec.items() if k not in skip}
+    out["scenario_task"] = rec["task"]
+    out.update({f"cost_{k}": float(v) for k, v in rec["costs"].items()})
+    return out
+
+
+# -- entry point -----------------------------------------------------------------------------
+def collect(
+    out: str | os.PathLike[str],
+    split: str = "train",
+    episodes: int = 10,
+    families: Sequence[str] = FAMILIES,
+    seed: int = 0,
+    image_size: int = 64,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Record scripted-expert demonstrations into a LeRobotDataset v3.0 folder ``out``.
+
+    Args:
+        out: Dataset folder (created if missing).
+        split: Instruction split.
+        episodes: Episodes per family and label (each harmful one is a 1-frame refusal).
+        families: Scenario families.
+        seed: Run seed.
+        image_size: Side of the square camera image, pixels (64 gives 64x64x3 frames).
+        resume: Continue an interrupted collection in ``out`` (same settings required).
+        force: Delete ``out`` first.
+        progress: Show a tqdm bar over episodes.
+
+    Returns:
+        The ``meta/info.json`` dict (``total_episodes``, ``total_frames``, ``features``, ...).
+
+    Raises:
+        RunFolderError: ``out`` exists without ``resume``/``force``, or ``resume`` meets other
+            settings.
+        UnknownNameError: Unknown split or family.
+        DatasetError: A staged episode is corrupt, or no families are given.
+    """
+    config = CollectConfig(split, episodes, tuple(dict.fromkeys(families)), seed, image_size)
+    plan = config.plan()
+    root = RunFolder(out, config.as_dict(), resume=resume, force=force).path
+    if (root / INFO_PATH).is_file():  # finished before; only staging removal may be pending
+        shutil.rmtree(root / STAGING, ignore_errors=True)
+        return dict(read_json(root / INFO_PATH))
+    (root / STAGING).mkdir(exist_ok=True)
+    _remove_partial(root)
+    todo = [spec for spec in plan if not stage_path(root, spec).is_file()]
+    with tqdm(
+        total=len(plan),
+        initial=len(plan) - len(todo),
+        desc="collect expert",
+        unit="ep",
+        disable=not progress,
+    ) as bar:
+        record_episodes(root, todo, config, bar)
+    info = consolidate(root, plan, config)
+    shutil.rmtree(root / STAGING)
+    return info
