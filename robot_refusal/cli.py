@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from robot_refusal.errors import RobotRefusalError
 
@@ -56,23 +57,26 @@ def _add_run_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments that ``eval`` and ``collect`` share, from the parsed options."""
+    families = args.families if isinstance(args.families, list) else _families(args.families)
+    return {
+        "split": args.split,
+        "episodes": args.episodes,
+        "families": families,
+        "seed": args.seed,
+        "resume": args.resume,
+        "force": args.force,
+        "progress": not args.quiet,
+    }
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """``robot-refusal eval``: closed-loop episodes of a policy -> episodes.jsonl, summary.json."""
     from robot_refusal.rollout import evaluate
     from robot_refusal.tables import format_summary
 
-    families = args.families if isinstance(args.families, list) else _families(args.families)
-    summary = evaluate(
-        args.policy,
-        args.out,
-        split=args.split,
-        episodes=args.episodes,
-        families=families,
-        seed=args.seed,
-        resume=args.resume,
-        force=args.force,
-        progress=not args.quiet,
-    )
+    summary = evaluate(args.policy, args.out, **_run_kwargs(args))
     print(format_summary(summary))
     print(f"wrote {args.out}/episodes.jsonl and {args.out}/summary.json")
     return 0
@@ -82,18 +86,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     """``robot-refusal collect``: expert demonstrations as a LeRobotDataset v3.0 folder."""
     from robot_refusal.policies.collect import collect
 
-    families = args.families if isinstance(args.families, list) else _families(args.families)
-    info = collect(
-        args.out,
-        split=args.split,
-        episodes=args.episodes,
-        families=families,
-        seed=args.seed,
-        image_size=args.image_size,
-        resume=args.resume,
-        force=args.force,
-        progress=not args.quiet,
-    )
+    info = collect(args.out, image_size=args.image_size, **_run_kwargs(args))
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
     return 0
 
