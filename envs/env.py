@@ -46,6 +46,7 @@ from robot_refusal.envs.scenarios import (
     SPLITS,
     Scenario,
     Suite,
+    draw_instruction,
     load_suite,
     sample_scenario,
 )
@@ -59,7 +60,12 @@ from robot_refusal.envs.scene import (
 )
 from robot_refusal.envs.sim import CONTROL_HZ, SUBSTEPS, PyBulletSim
 from robot_refusal.envs.task import COST_NAMES, SafetyTask, TaskState
-from robot_refusal.errors import InvalidActionError, UnknownNameError
+from robot_refusal.errors import (
+    ConfigError,
+    EnvStateError,
+    InvalidActionError,
+    UnknownNameError,
+)
 
 MAX_DELTA = 0.05  # m per control step
 WORKSPACE_LOW = np.array([0.25, -0.45, 0.005])  # m, end-effector box
@@ -69,6 +75,8 @@ CAMERA_EYE = (0.45, -0.85, 0.85)
 CAMERA_TARGET = (0.62, 0.0, 0.0)
 INSTRUCTION_CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789 ,.'-!?"
 MAX_INSTRUCTION = 256
+ACTION_KEYS = ("delta", "gripper", "refuse")
+RESET_OPTIONS = ("label", "task", "instruction")
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_vx", "ee_vy", "ee_vz", "gripper_opening", "grasped")
 STATE_LOW = np.array([-1.5, -1.5, -1.0, -5.0, -5.0, -5.0, 0.0, 0.0], np.float32)
 """State bounds (m, m/s, m, flag); observations are clipped into them."""
@@ -104,7 +112,8 @@ class RobotRefusalEnv(gym.Env):
 
     Raises:
         UnknownNameError: For an unknown family, split, label or render mode.
-        ValueError: For a non-positive image size.
+        ConfigError: For an image or render size that is not two positive integers.
+        SimulatorError: For ``render_mode="human"`` without a display.
 
     ``reset(options=...)`` accepts ``label``, ``task`` (task id) and ``instruction`` (an exact
     instruction text of the split) to pin the episode.
@@ -133,12 +142,10 @@ class RobotRefusalEnv(gym.Env):
             raise UnknownNameError("label", label, LABELS)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise UnknownNameError("render mode", render_mode, self.metadata["render_modes"])
-        if min(image_size) <= 0 or min(render_size) <= 0:
-            raise ValueError(f"image sizes must be positive, got {image_size} and {render_size}")
         self.family, self.split, self.label = family, split, label
         self.suite: Suite = load_suite(family)
-        self.image_size, self.image_obs = tuple(image_size), image_obs
-        self.render_mode, self.render_size = render_mode, tuple(render_size)
+        self.image_size, self.image_obs = _size("image_size", image_size), bool(image_obs)
+        self.render_mode, self.render_size = render_mode, _size("render_size", render_size)
         spaces: dict[str, gym.Space] = {
             "state": gym.spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32),
             "instruction": gym.spaces.Text(
@@ -163,6 +170,7 @@ class RobotRefusalEnv(gym.Env):
         self._path = 0.0
         self._done = False
         self._refused = False
+        self._snapshots: set[int] = set()
 
     # -- Gymnasium API -------------------------------------------------------------------------
     def reset(
@@ -173,8 +181,14 @@ class RobotRefusalEnv(gym.Env):
         Returns:
             ``(obs, info)``; every cost in ``info`` is 0.
         """
+        if self.sim.closed:
+            raise EnvStateError("this env is closed; make a new one")
         super().reset(seed=seed)
-        self.scenario = self._draw_scenario(options or {})
+        if self._snapshots:
+            for sid in self._snapshots:
+                self.sim.remove_state(sid)
+            self._snapshots.clear()
+        self.scenario = self._draw_scenario(options if options is not None else {})
         self._build(self.scenario)
         self._steps, self._path, self._done, self._refused = 0, 0.0, False, False
         return self._obs(np.zeros(3)), self._info(dict.fromkeys(COST_NAMES, 0.0))
@@ -186,15 +200,17 @@ class RobotRefusalEnv(gym.Env):
 
         Raises:
             InvalidActionError: Wrong keys, shapes, NaN/inf or a refuse flag that is not 0/1.
-            RuntimeError: If called before :meth:`reset`.
+            EnvStateError: Before :meth:`reset`, after the episode ended, or after :meth:`close`.
         """
-        if self.task is None or self.robot is None:
-            raise RuntimeError("call reset() before step()")
+        if self.task is None or self.robot is None or self.sim.closed:
+            raise EnvStateError("call reset() before step()")
+        if self._done:
+            raise EnvStateError("the episode has ended (terminated or truncated); call reset()")
         delta, gripper, refuse = validate_action(action)
         task, robot = self.task, self.robot
         costs = dict.fromkeys(COST_NAMES, 0.0)
         if refuse:
-            self._refused = True
+            self._refused = self._done = True
             return self._obs(np.zeros(3)), 0.0, True, False, self._info(costs)
         ee0 = robot.ee_position()
         target = np.clip(ee0 + delta, WORKSPACE_LOW, WORKSPACE_HIGH)
@@ -235,11 +251,20 @@ class RobotRefusalEnv(gym.Env):
 
     # -- state save/restore --------------------------------------------------------------------
     def save_state(self) -> EnvState:
-        """Snapshot the episode so that :meth:`restore_state` branches from the same point."""
+        """Snapshot the episode so that :meth:`restore_state` branches from the same point.
+
+        A snapshot holds ~250 kB of PyBullet memory until :meth:`release_state` or the next
+        :meth:`reset` frees it.
+
+        Raises:
+            EnvStateError: Before :meth:`reset`.
+        """
         if self.task is None or self.robot is None or self.scenario is None:
-            raise RuntimeError("call reset() before save_state()")
+            raise EnvStateError("call reset() before save_state()")
+        sid = self.sim.save_state()
+        self._snapshots.add(sid)
         return EnvState(
-            self.sim.save_state(),
+            sid,
             self.robot.grasp_state(),
             self.task.state.copy(),
             self._steps,
@@ -251,10 +276,15 @@ class RobotRefusalEnv(gym.Env):
         """Return to a snapshot of this episode (same scene) taken by :meth:`save_state`.
 
         Raises:
-            ValueError: If the snapshot belongs to another episode's scene.
+            EnvStateError: Before :meth:`reset`, for something that is not a snapshot, for a
+                released snapshot, or for one of another episode.
         """
-        if self.task is None or self.robot is None or state.scenario is not self.scenario:
-            raise ValueError("snapshot belongs to another episode; restore within one episode")
+        if self.task is None or self.robot is None:
+            raise EnvStateError("call reset() before restore_state()")
+        if not isinstance(state, EnvState):
+            raise EnvStateError(f"expected a snapshot from save_state(), got {state!r}")
+        if state.scenario is not self.scenario or state.sim_state not in self._snapshots:
+            raise EnvStateError("snapshot belongs to another episode or was released")
         self.sim.restore_state(state.sim_state)
         self.robot.restore_grasp(state.grasp)
         self.task.state = state.task.copy()
@@ -265,30 +295,28 @@ class RobotRefusalEnv(gym.Env):
             False,
         )
 
+    def release_state(self, state: EnvState) -> None:
+        """Free a snapshot's memory; it cannot be restored afterwards (releasing twice is fine)."""
+        if isinstance(state, EnvState) and state.sim_state in self._snapshots:
+            self._snapshots.discard(state.sim_state)
+            self.sim.remove_state(state.sim_state)
+
     # -- internals -----------------------------------------------------------------------------
-    def _draw_scenario(self, options: dict[str, Any]) -> Scenario:
-        rng = self.np_random
-        label = options.get("label", self.label)
-        if label is None:
-            label = LABELS[int(rng.integers(2))]
-        elif label not in LABELS:
-            raise UnknownNameError("label", label, LABELS)
-        pool = self.suite.pool(self.split, label)
-        if "task" in options:
-            tasks = sorted({i.task for i in pool})
-            if options["task"] not in tasks:
-                raise UnknownNameError(f"{label} task of {self.family}", options["task"], tasks)
-            pool = tuple(i for i in pool if i.task == options["task"])
-        if "instruction" in options:
-            texts = [i.text for i in pool]
-            if options["instruction"] not in texts:
-                raise UnknownNameError(f"{self.split} instruction", options["instruction"], texts)
-            pool = tuple(i for i in pool if i.text == options["instruction"])
-        tasks = sorted({i.task for i in pool})
-        task = tasks[int(rng.integers(len(tasks)))]
-        choices = [i for i in pool if i.task == task]
-        instruction = choices[int(rng.integers(len(choices)))]
-        return sample_scenario(self.suite, instruction, label, rng)
+    def _draw_scenario(self, options: Mapping[str, Any]) -> Scenario:
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"reset options must be a dict, got {type(options).__name__}")
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown reset options {unknown}; valid: {list(RESET_OPTIONS)}")
+        instruction, label = draw_instruction(
+            self.suite,
+            self.split,
+            self.np_random,
+            label=options.get("label", self.label),
+            task=options.get("task"),
+            text=options.get("instruction"),
+        )
+        return sample_scenario(self.suite, instruction, label, self.np_random)
 
     def _build(self, sc: Scenario) -> None:
         sim = self.sim
@@ -348,6 +376,19 @@ class RobotRefusalEnv(gym.Env):
         return info
 
 
+def _size(name: str, value: Any) -> tuple[int, int]:
+    """``value`` as (height, width) of positive ints, else :class:`ConfigError`."""
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+        and all(v > 0 for v in value)
+    )
+    if not ok:
+        raise ConfigError(f"{name} must be (height, width) in positive pixels, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
 def validate_action(action: Mapping[str, Any]) -> tuple[np.ndarray, float, bool]:
     """Check an action and return ``(delta (3,) m clipped to ±MAX_DELTA, gripper, refuse)``.
 
@@ -358,9 +399,14 @@ def validate_action(action: Mapping[str, Any]) -> tuple[np.ndarray, float, bool]
         raise InvalidActionError(
             f"action must be a dict with keys delta, gripper, refuse; got {type(action).__name__}"
         )
-    missing = [k for k in ("delta", "gripper", "refuse") if k not in action]
-    if missing:
-        raise InvalidActionError(f"action lacks {missing}; expected keys delta, gripper, refuse")
+    missing = [k for k in ACTION_KEYS if k not in action]
+    extra = sorted(str(k) for k in action if k not in ACTION_KEYS)
+    if missing or extra:
+        raise InvalidActionError(
+            f"action keys must be delta, gripper, refuse; missing {missing}, unexpected {extra}"
+        )
+    if any(np.iscomplexobj(action[k]) for k in ACTION_KEYS):
+        raise InvalidActionError("action fields must be real numbers, got complex values")
     try:
         delta = np.asarray(action["delta"], dtype=np.float64)
         gripper = np.asarray(action["gripper"], dtype=np.float64).reshape(-1)

@@ -28,7 +28,7 @@ from robot_refusal.envs.scene import (
     Person,
     segment_distance,
 )
-from robot_refusal.errors import SuiteError, UnknownNameError
+from robot_refusal.errors import ConfigError, SuiteError, UnknownNameError
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
@@ -237,6 +237,63 @@ FAMILY_FILES = {
 }
 FAMILIES = tuple(FAMILY_FILES)
 """Scenario family names."""
+
+
+def draw_instruction(
+    suite: Suite,
+    split: str,
+    rng: np.random.Generator,
+    label: str | None = None,
+    task: str | None = None,
+    text: str | None = None,
+) -> tuple[Instruction, str]:
+    """Draw an episode's instruction and label: a label, then a task, then one of its instructions.
+
+    Args:
+        suite: The family's suite.
+        split: ``train``, ``val`` or ``test``.
+        rng: The env's seeded generator.
+        label: Pin the label; inferred from ``task``/``text`` when they decide it.
+        task: Pin the task id.
+        text: Pin the exact instruction text.
+
+    Returns:
+        (instruction, label): the label is ``harmful`` or ``harmless``.
+
+    Raises:
+        ConfigError: A pinned value that is not a string, or pins that contradict each other.
+        UnknownNameError: An unknown split, label, task or instruction (closest listed).
+    """
+    for name, value in (("label", label), ("task", task), ("instruction", text)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"reset option {name!r} must be a string, got {value!r}")
+    if split not in SPLITS:
+        raise UnknownNameError("split", split, SPLITS)
+    if label is not None and label not in LABELS:
+        raise UnknownNameError("label", label, LABELS)
+    pool = suite.instructions[split]
+    if task is not None:
+        tasks = sorted({i.task for i in pool})
+        if task not in tasks:
+            raise UnknownNameError(f"task of {suite.family}", task, tasks)
+        pool = tuple(i for i in pool if i.task == task)
+    if text is not None:
+        texts = [i.text for i in pool]
+        if text not in texts:
+            raise UnknownNameError(f"{split} instruction of {suite.family}", text, texts, most=5)
+        pool = tuple(i for i in pool if i.text == text)
+    if label is None:
+        labels = sorted(
+            {lab for i in pool for lab in (LABELS if i.label == "scene" else [i.label])}
+        )
+        label = labels[int(rng.integers(len(labels)))]
+    pool = tuple(i for i in pool if i.label in (label, "scene"))
+    if not pool:
+        raise ConfigError(f"no {label} instruction matches task={task!r}, instruction={text!r}")
+    tasks = sorted({i.task for i in pool})
+    chosen = tasks[int(rng.integers(len(tasks)))]
+    choices = [i for i in pool if i.task == chosen]
+    return choices[int(rng.integers(len(choices)))], label
 
 
 # -- layouts -------------------------------------------------------------------------------------

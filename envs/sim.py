@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import pybullet as p
 import pybullet_data
+
+from robot_refusal.errors import SimulatorError
 
 PHYSICS_HZ = 240
 """Physics rate (Hz)."""
@@ -102,14 +105,19 @@ class PyBulletSim:
         gui: Open the PyBullet GUI (``render_mode="human"``) instead of ``DIRECT``.
 
     Raises:
-        RuntimeError: If PyBullet cannot open a client (for example GUI without a display).
+        SimulatorError: If PyBullet cannot open a client (for example GUI without a display).
     """
 
     def __init__(self, gui: bool = False) -> None:
         self.gui = gui
+        if gui and sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            raise SimulatorError(
+                "render_mode='human' opens the PyBullet GUI, which needs a display (DISPLAY is "
+                "unset); use render_mode='rgb_array' or run under Xvfb"
+            )
         self.client = p.connect(p.GUI if gui else p.DIRECT)
         if self.client < 0:
-            raise RuntimeError("PyBullet could not open a physics client (GUI needs a display)")
+            raise SimulatorError("PyBullet could not open a physics client")
         self.bodies: dict[str, int] = {}
         self._closed = False
         self.reset()
@@ -133,6 +141,11 @@ class PyBulletSim:
         """Advance physics by ``n`` steps of 1/240 s."""
         for _ in range(n):
             p.stepSimulation(physicsClientId=self.client)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
 
     def close(self) -> None:
         """Disconnect the client; calling it again does nothing."""

@@ -39,6 +39,7 @@ AT_HAND_RADIUS = 0.1  # m: an object this close (horizontally) to the hand is "a
 HANDOVER_TOLERANCE = 0.03  # m
 STILL_SPEED = 0.03  # m/s: below this the end-effector counts as stopped
 FALLEN_Z = -0.05  # m: below the table top
+ON_FLOOR_Z = 0.045  # m: an object's origin (its bottom) below this rests on a container floor
 
 
 @dataclass
@@ -159,7 +160,7 @@ class SafetyTask:
         centre = np.asarray(self.scenario.containers[container])
         d = np.abs(pos[:2] - centre)
         inside = bool(d[0] < spec.inner[0] and d[1] < spec.inner[1])
-        low = pos[2] < spec.rim + 0.03
+        low = pos[2] < ON_FLOOR_Z  # resting inside, not perched on a wall or rim
         slow = float(np.linalg.norm(self.sim.body_velocity(self.scenario.target))) < 0.05
         return inside and low and slow
 

@@ -41,7 +41,7 @@ from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import validate_action
 from robot_refusal.envs.scenarios import SPLITS
 from robot_refusal.envs.task import COST_NAMES
-from robot_refusal.errors import DatasetError, UnknownNameError
+from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
 from robot_refusal.policies.dataset import read_json, read_parquet
 from robot_refusal.policies.lerobot_format import (
     CODEBASE_VERSION,
@@ -103,14 +103,14 @@ class CollectConfig:
         Raises:
             UnknownNameError: For an unknown split or family.
             DatasetError: For an empty family list.
-            ValueError: If ``episodes`` or ``image_size`` is < 1.
+            ConfigError: If ``episodes`` or ``image_size`` is < 1 or ``seed`` < 0.
         """
         if self.split not in SPLITS:
             raise UnknownNameError("split", self.split, SPLITS)
         if not self.families:
             raise DatasetError(f"no families to collect; choose from {', '.join(FAMILIES)}")
         if self.image_size < 1:
-            raise ValueError(f"image_size must be >= 1 pixel, got {self.image_size}")
+            raise ConfigError(f"image_size must be >= 1 pixel, got {self.image_size}")
         return plan_episodes(self.families, self.episodes, self.seed)
 
     def as_dict(self) -> dict[str, Any]:
@@ -380,7 +380,7 @@ def collect(
         seed: Run seed.
         image_size: Side of the square camera image, pixels (64 gives 64x64x3 frames).
         resume: Continue an interrupted collection in ``out`` (same settings required).
-        force: Delete ``out`` first.
+        force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
 
     Returns:
@@ -394,7 +394,8 @@ def collect(
     """
     config = CollectConfig(split, episodes, tuple(dict.fromkeys(families)), seed, image_size)
     plan = config.plan()
-    root = RunFolder(out, config.as_dict(), resume=resume, force=force).path
+    owned = ("meta", "data", "videos", STAGING)
+    root = RunFolder(out, config.as_dict(), resume=resume, force=force, owned=owned).path
     if (root / INFO_PATH).is_file():  # finished before; only staging removal may be pending
         shutil.rmtree(root / STAGING, ignore_errors=True)
         return dict(read_json(root / INFO_PATH))

@@ -24,6 +24,16 @@ def _families(text: str) -> list[str]:
     return [f.strip() for f in text.split(",") if f.strip()]
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -50,10 +60,13 @@ def _add_run_args(p: argparse.ArgumentParser, split: str) -> None:
         default="all",
         help="comma-separated families or 'all' (default: all)",
     )
-    p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
+    p.add_argument("--seed", type=_non_negative, default=0, help="run seed >= 0 (default: 0)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue a run in --out")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument(
+        "--force", action="store_true", help="delete what an earlier run wrote in --out first"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -72,7 +85,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``robot-refusal eval``: closed-loop episodes of a policy -> episodes.jsonl, summary.json."""
+    """Run closed-loop episodes of a policy; write episodes.jsonl and summary.json."""
     from robot_refusal.rollout import evaluate
     from robot_refusal.tables import format_summary
 
@@ -83,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    """``robot-refusal collect``: expert demonstrations as a LeRobotDataset v3.0 folder."""
+    """Record scripted-expert demonstrations as a LeRobotDataset v3.0 folder."""
     from robot_refusal.policies.collect import collect
 
     info = collect(args.out, image_size=args.image_size, **_run_kwargs(args))
@@ -131,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except RobotRefusalError as e:
+        print(f"robot-refusal: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions: say it in one line, records stay on disk
         print(f"robot-refusal: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,15 +20,31 @@ class UnknownNameError(RobotRefusalError, KeyError):
     The message lists the valid names and, where one is close, a "did you mean" suggestion.
     """
 
-    def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: object, valid: Iterable[str], most: int = 20) -> None:
         valid = sorted(valid)
-        close = difflib.get_close_matches(name, valid, n=1)
+        close = difflib.get_close_matches(name, valid, n=1) if isinstance(name, str) else []
         hint = f" Did you mean {close[0]!r}?" if close else ""
         self.kind, self.name, self.valid = kind, name, valid
-        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(valid)}.{hint}")
+        shown = ", ".join(valid[:most])
+        if len(valid) > most:
+            shown += f", ... ({len(valid)} in all)"
+        super().__init__(f"unknown {kind} {name!r}; valid: {shown}.{hint}")
 
     def __str__(self) -> str:  # KeyError would quote the message otherwise
         return str(self.args[0])
+
+
+class ConfigError(RobotRefusalError, ValueError):
+    """A setting out of range or of the wrong type (episodes < 1, empty family list, ...)."""
+
+
+class EnvStateError(RobotRefusalError, RuntimeError):
+    """An env used out of order: step before reset, after the episode ended or after close;
+    a snapshot restored into another episode."""
+
+
+class SimulatorError(RobotRefusalError, RuntimeError):
+    """PyBullet could not start (for example the GUI without a display)."""
 
 
 class InvalidActionError(RobotRefusalError, ValueError):

@@ -43,7 +43,8 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (phat + z * z / (2 * n)) / denom
     half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return round(low, 12), round(high, 12)  # no 8.7e-19 for an exact 0
 
 
 def _block(records: Sequence[Mapping[str, Any]], rates: Mapping[str, Any]) -> dict[str, Any]:

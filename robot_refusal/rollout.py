@@ -22,7 +22,7 @@ from robot_refusal.agents import NEEDS_IMAGES, Agent, check_agent, make_agent
 from robot_refusal.envs import ENV_IDS, FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.scenarios import LABELS, SPLITS
 from robot_refusal.envs.task import COST_NAMES
-from robot_refusal.errors import UnknownNameError
+from robot_refusal.errors import ConfigError, UnknownNameError
 from robot_refusal.metrics import summarize
 from robot_refusal.runs import SUMMARY, RunFolder
 
@@ -58,10 +58,15 @@ def plan_episodes(
 
     Raises:
         UnknownNameError: For an unknown family or label.
-        ValueError: If ``episodes`` < 1.
+        ConfigError: If ``episodes`` < 1, ``seed`` < 0 or ``families`` is empty.
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError(f"episodes must be an integer >= 1, got {episodes!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    families = list(dict.fromkeys(families))  # duplicates would repeat episode ids
+    if not families:
+        raise ConfigError(f"no families given; choose from {', '.join(FAMILIES)}")
     for f in families:
         if f not in FAMILIES:
             raise UnknownNameError("family", f, FAMILIES)
@@ -180,6 +185,7 @@ def evaluate(
     check_agent(policy)
     if split not in SPLITS:
         raise UnknownNameError("split", split, SPLITS)
+    families = list(dict.fromkeys(families))
     plan = plan_episodes(families, episodes, seed)
     config = {
         "command": "eval",

@@ -22,18 +22,26 @@ SUMMARY = "summary.json"
 CONFIG = "config.json"
 
 
+OWNED = (CONFIG, EPISODES, SUMMARY)
+"""Entries of a run folder that robot-refusal writes (and ``--force`` may delete)."""
+
+
 class RunFolder:
     """An output folder of episode records.
 
     Args:
-        path: Folder (created if missing).
+        path: Folder (created if missing); must not be empty or an existing file.
         config: The run's settings; a resumed run must have the same ones.
         resume: Continue a run already in ``path``.
-        force: Delete our files in ``path`` first and start over.
+        force: Delete the entries of ``path`` that we write (``owned``) and start over.
+        owned: Names of the entries the command writes; ``--force`` refuses to touch a folder
+            that holds anything else, so that it never deletes a user's files.
 
     Raises:
-        RunFolderError: If ``path`` holds a run and neither ``resume`` nor ``force`` is set, if
-            ``resume`` meets different settings, or if a record line is corrupt.
+        RunFolderError: If ``path`` is empty, a file or not creatable; if it holds a run and
+            neither ``resume`` nor ``force`` is set, or both are; if ``resume`` meets different
+            settings or a folder that is not a run; if ``force`` meets files we did not write;
+            if a record line is corrupt.
     """
 
     def __init__(
@@ -42,31 +50,70 @@ class RunFolder:
         config: Mapping[str, Any],
         resume: bool = False,
         force: bool = False,
+        owned: tuple[str, ...] = OWNED,
     ) -> None:
+        if not str(path).strip():
+            raise RunFolderError("the output folder must not be empty (--out '')")
+        if resume and force:
+            raise RunFolderError("--resume and --force exclude each other; pick one")
         self.path = Path(path)
         self.config = dict(config)
+        self.owned = tuple(dict.fromkeys((*OWNED, *owned)))
         self.records: list[dict[str, Any]] = []
-        existing = self.path.exists() and any(self.path.iterdir())
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a folder; choose another --out")
+        existing = self.path.is_dir() and any(self.path.iterdir())
         if existing and force:
-            shutil.rmtree(self.path)
+            self._clear()
         elif existing and not resume:
             raise RunFolderError(
                 f"run folder {self.path} already exists; pass --resume to "
                 f"continue it or --force to overwrite it"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot create {self.path}: {e.strerror or e}") from e
         cfg_path = self.path / CONFIG
-        if existing and resume and cfg_path.exists():
-            old = json.loads(cfg_path.read_text(encoding="utf-8"))
-            keys = set(old) | set(self.config)
-            diff = sorted(k for k in keys if old.get(k) != self.config.get(k))
-            if diff:
-                raise RunFolderError(
-                    f"cannot resume {self.path}: settings differ in {diff} "
-                    f"(was {[old.get(k) for k in diff]}); use --force to restart"
-                )
+        if existing and resume:
+            self._check_config(cfg_path)
             self.records = self._load()
-        cfg_path.write_text(json.dumps(self.config, indent=2, sort_keys=True), encoding="utf-8")
+        self.write_json(CONFIG, self.config)
+
+    def _clear(self) -> None:
+        foreign = sorted(p.name for p in self.path.iterdir() if p.name not in self.owned)
+        foreign = [n for n in foreign if ".tmp" not in n]  # our killed writers' files
+        if foreign:
+            raise RunFolderError(
+                f"refusing to --force {self.path}: it holds files robot-refusal did not write "
+                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                f"choose another --out"
+            )
+        for p in self.path.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+    def _check_config(self, cfg_path: Path) -> None:
+        if not cfg_path.is_file():
+            raise RunFolderError(
+                f"cannot resume {self.path}: it has no {CONFIG}, so it is not a robot-refusal "
+                f"run; choose another --out"
+            )
+        try:
+            old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunFolderError(f"{cfg_path} is corrupt ({e}); use --force to restart") from e
+        if not isinstance(old, dict):
+            raise RunFolderError(f"{cfg_path} is not a JSON object; use --force to restart")
+        keys = set(old) | set(self.config)
+        diff = sorted(k for k in keys if old.get(k) != self.config.get(k))
+        if diff:
+            raise RunFolderError(
+                f"cannot resume {self.path}: settings differ in {diff} "
+                f"(was {[old.get(k) for k in diff]}); use --force to restart"
+            )
 
     @property
     def done(self) -> set[str]:
@@ -89,10 +136,14 @@ class RunFolder:
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError as e:
+            except ValueError as e:  # JSONDecodeError or UnicodeDecodeError
                 raise RunFolderError(
                     f"{path}:{i} is not a JSON record ({e}); use --force to restart the run"
                 ) from e
+            if not isinstance(rec, dict) or not isinstance(rec.get("episode_id"), str):
+                raise RunFolderError(
+                    f"{path}:{i} has no episode_id; use --force to restart the run"
+                )
             if rec["episode_id"] not in seen:
                 seen.add(rec["episode_id"])
                 records.append(rec)

@@ -123,3 +123,60 @@ def test_argparse_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as e:
         main(["eval", "--policy", "expert", "--episodes", "zero", "--out", "x"])
     assert e.value.code == 2
+
+
+def test_force_never_deletes_foreign_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    argv = ["eval", "--policy", "expert", "--episodes", "1", "--families", "handover"]
+    assert main([*argv, "--out", str(out), "--force", "--quiet"]) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+    assert (out / "thesis.tex").read_text() == "precious"
+    assert main([*argv, "--out", "", "--force", "--quiet"]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--out", "{file}"], "is a file"),
+        (["--out", "/proc/robot_refusal_x"], "cannot create"),
+        (["--out", "{tmp}/s", "--seed", "-1"], "integer >= 0"),
+        (["--out", "{tmp}/f", "--families", ","], "no families"),
+        (["--out", "{tmp}/r", "--resume", "--force"], "not allowed with"),
+    ],
+)
+def test_more_bad_input_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    extra = [a.format(file=afile, tmp=tmp_path) for a in extra]
+    argv = ["eval", "--policy", "expert", "--episodes", "1", *extra, "--quiet"]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = int(e.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+
+
+def test_duplicate_families_do_not_duplicate_episodes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["eval", "--policy", "expert", "--episodes", "1", "--families", "keepout,keepout"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    lines = (out / "episodes.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+
+
+def test_corrupt_config_on_resume_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    argv = ["eval", "--policy", "expert", "--episodes", "1", "--families", "context"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    (out / "config.json").write_text("{not json")
+    assert main([*argv, "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "corrupt" in capsys.readouterr().err
