@@ -316,3 +316,46 @@ class UnsafeExpert(ScriptedExpert):
         yield from self._transfer(np.array([start[0], start[1], 0.1]), grip=1.0, straight=True)
         yield from self._move(np.array([start[0], start[1], 0.03]), 1.0, careful=False)
         yield from self._move(np.array([*sc.person.hand_xy, 0.03]), 1.0, speed=FAST, careful=False)
+
+
+class PerturbedExpert:
+    """DART-style noise injection around an expert (Laskey et al. 2017, "DART: Noise Injection
+    for Robust Imitation Learning").
+
+    The env executes the expert's action plus Gaussian noise on the displacement; the expert's
+    own action for the state it is in stays available as :attr:`label_action`, so that
+    demonstrations show how to recover from the small errors a learned policy makes. The noise
+    is seeded from the episode's reset seed, so a collection is deterministic.
+
+    Args:
+        expert: The expert to perturb.
+        sigma: Standard deviation of the noise per axis (m per step).
+    """
+
+    def __init__(self, expert: ScriptedExpert, sigma: float) -> None:
+        if not sigma >= 0:
+            raise ValueError(f"sigma must be >= 0 m, got {sigma}")
+        self.expert, self.sigma = expert, float(sigma)
+        self.label_action: dict[str, Any] | None = None
+        self._rng = np.random.default_rng(0)
+
+    @property
+    def cautious(self) -> bool:
+        """The expert's caution flag of the last step."""
+        return self.expert.cautious
+
+    def reset(self) -> None:
+        """Plan the episode and seed the noise from the env's reset seed."""
+        self.expert.reset()
+        seed = self.expert.env.np_random_seed
+        self._rng = np.random.default_rng([int(seed) if seed is not None else 0, 7])
+
+    def select_action(self, obs: Any = None) -> dict[str, Any]:
+        """The perturbed action to execute; the clean one is in :attr:`label_action`."""
+        clean = self.expert.select_action(obs)
+        self.label_action = clean
+        if clean["refuse"] or self.sigma == 0:
+            return clean
+        noise = self._rng.normal(0.0, self.sigma, 3)
+        delta = np.clip(np.asarray(clean["delta"]) + noise, -MAX_DELTA, MAX_DELTA)
+        return {**clean, "delta": delta.astype(np.float32)}

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from robot_refusal.agents import Agent
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import validate_action
+from robot_refusal.envs.expert import PerturbedExpert
 from robot_refusal.envs.scenarios import SPLITS
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
@@ -89,6 +90,8 @@ class CollectConfig:
         families: Scenario families, in plan order (duplicates dropped).
         seed: Run seed; episode seeds derive from it.
         image_size: Side of the square scene-camera image, pixels.
+        action_noise: Std of the Gaussian noise added to the executed displacement (m per
+            step; DART), 0 for clean demonstrations. Labels are always the expert's actions.
     """
 
     split: str = "train"
@@ -96,6 +99,7 @@ class CollectConfig:
     families: tuple[str, ...] = FAMILIES
     seed: int = 0
     image_size: int = 64
+    action_noise: float = 0.0
 
     def plan(self) -> list[EpisodeSpec]:
         """The planned episodes.
@@ -143,7 +147,7 @@ class EpisodeRecorder:
         self, obs: dict[str, Any], action: dict[str, Any], info: dict[str, Any], agent: Agent
     ) -> None:
         """Record one step: ``obs`` is the observation the action was chosen from."""
-        delta, gripper, refuse = validate_action(action)
+        delta, gripper, refuse = validate_action(getattr(agent, "label_action", None) or action)
         self.states.append(np.asarray(obs["state"], dtype=np.float32))
         self.images.append(np.ascontiguousarray(obs["image"], dtype=np.uint8))
         self.actions.append(np.array([*delta, gripper, float(refuse)], dtype=np.float32))
@@ -241,12 +245,16 @@ def record_episodes(
     """Run and stage each episode of ``todo`` with the scripted expert (one env per family)."""
     size = (config.image_size, config.image_size)
     envs: dict[str, RobotRefusalEnv] = {}
-    agents: dict[str, ScriptedExpert] = {}
+    agents: dict[str, Agent] = {}
     try:
         for spec in todo:
             if spec.family not in envs:
                 env = RobotRefusalEnv(spec.family, split=config.split, image_size=size)
-                envs[spec.family], agents[spec.family] = env, ScriptedExpert(env)
+                expert = ScriptedExpert(env)
+                agent: Agent = (
+                    PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
+                )
+                envs[spec.family], agents[spec.family] = env, agent
             recorder = EpisodeRecorder()
             record = run_episode(envs[spec.family], agents[spec.family], spec, on_step=recorder)
             stage_episode(stage_path(root, spec), recorder.table(), record)
@@ -366,6 +374,7 @@ def collect(
     families: Sequence[str] = FAMILIES,
     seed: int = 0,
     image_size: int = 64,
+    action_noise: float = 0.0,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -379,6 +388,7 @@ def collect(
         families: Scenario families.
         seed: Run seed.
         image_size: Side of the square camera image, pixels (64 gives 64x64x3 frames).
+        action_noise: DART noise std on the executed displacement (m per step); 0 = none.
         resume: Continue an interrupted collection in ``out`` (same settings required).
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
@@ -392,7 +402,9 @@ def collect(
         UnknownNameError: Unknown split or family.
         DatasetError: A staged episode is corrupt, or no families are given.
     """
-    config = CollectConfig(split, episodes, tuple(dict.fromkeys(families)), seed, image_size)
+    config = CollectConfig(
+        split, episodes, tuple(dict.fromkeys(families)), seed, image_size, action_noise
+    )
     plan = config.plan()
     owned = ("meta", "data", "videos", STAGING)
     root = RunFolder(out, config.as_dict(), resume=resume, force=force, owned=owned).path

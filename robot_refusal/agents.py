@@ -6,6 +6,7 @@ read the simulator (privileged); they are built from the env they act in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -33,21 +34,56 @@ AGENTS: dict[str, Callable[[gym.Env], Agent]] = {
 NEEDS_IMAGES: dict[str, bool] = {"expert": False, "unsafe-expert": False}
 
 
+def is_checkpoint(name: str) -> bool:
+    """True if ``name`` is a shipped checkpoint name or a folder path (not a scripted agent)."""
+    from robot_refusal.policies.policy import CHECKPOINTS
+
+    return name not in AGENTS and ("/" in name or (CHECKPOINTS / name).is_dir())
+
+
 def check_agent(name: str) -> str:
-    """Return ``name`` if it is a known agent.
+    """Return ``name`` if it is a scripted agent or a policy checkpoint (loaded to check it).
 
     Raises:
-        UnknownNameError: Listing the known agents.
+        UnknownNameError: Neither an agent nor a folder; lists the agents.
+        CheckpointError: A checkpoint folder that cannot be loaded.
     """
-    if name not in AGENTS:
-        raise UnknownNameError("policy", name, AGENTS)
-    return name
+    if name in AGENTS:
+        return name
+    if is_checkpoint(name):
+        load_policy(name)
+        return name
+    raise UnknownNameError("policy (agent name or checkpoint folder)", name, AGENTS)
+
+
+@functools.cache
+def load_policy(name: str) -> Any:
+    """The :class:`~robot_refusal.policies.policy.VLAPolicy` of a checkpoint (cached)."""
+    from robot_refusal.policies.policy import VLAPolicy
+
+    return VLAPolicy.from_pretrained(name)
+
+
+def needs_images(name: str) -> bool:
+    """Whether agent ``name`` reads the camera image (learned policies do)."""
+    return NEEDS_IMAGES.get(name, True)
+
+
+def image_size(name: str) -> tuple[int, int]:
+    """(H, W) of the images agent ``name`` reads (64x64 for scripted agents)."""
+    return (64, 64) if name in AGENTS else load_policy(name).image_size
 
 
 def make_agent(name: str, env: gym.Env) -> Agent:
-    """Build agent ``name`` for ``env``.
+    """Build agent ``name`` for ``env`` (a fresh policy wrapper per env for checkpoints).
 
     Raises:
         UnknownNameError: Listing the known agents.
     """
-    return AGENTS[check_agent(name)](env)
+    check_agent(name)
+    if name in AGENTS:
+        return AGENTS[name](env)
+    from robot_refusal.policies.policy import VLAPolicy
+
+    shared = load_policy(name)
+    return VLAPolicy(shared.model, shared.processor)

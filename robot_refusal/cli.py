@@ -6,6 +6,7 @@ Thin subcommands that call library code. Our errors become one line on stderr an
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -99,8 +100,37 @@ def cmd_collect(args: argparse.Namespace) -> int:
     """Record scripted-expert demonstrations as a LeRobotDataset v3.0 folder."""
     from robot_refusal.policies.collect import collect
 
-    info = collect(args.out, image_size=args.image_size, **_run_kwargs(args))
+    info = collect(
+        args.out, image_size=args.image_size, action_noise=args.action_noise, **_run_kwargs(args)
+    )
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the VLA on a demonstration dataset (behaviour cloning)."""
+    from robot_refusal.policies.training import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data,
+        out=args.out,
+        val_data=args.val_data,
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hidden_size=args.hidden_size,
+        image_tokens_side=args.image_tokens_side,
+        num_layers=args.layers,
+        eval_every=args.eval_every,
+        threads=args.threads,
+    )
+    result = train(config, resume=args.resume, progress=not args.quiet)
+    last = result["history"][-1] if result["history"] else {}
+    print(
+        f"wrote {args.out} ({result['parameters'] / 1e6:.2f}M parameters, "
+        f"{result['seconds']:.0f} s); final {json.dumps(last)}"
+    )
     return 0
 
 
@@ -129,7 +159,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_args(p, "train")
     p.add_argument("--image-size", type=_positive, default=64, help="image side in pixels")
+    p.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        help="DART: std (m) of noise on the executed displacement; labels stay the expert's",
+    )
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser(
+        "train", help="train the VLA on demonstrations", description=cmd_train.__doc__
+    )
+    p.add_argument("--data", required=True, help="dataset folder from `collect`")
+    p.add_argument("--val-data", default=None, help="validation dataset folder (optional)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed (default: 0)")
+    p.add_argument("--steps", type=_positive, default=6000, help="optimizer steps")
+    p.add_argument("--batch-size", type=_positive, default=64, help="frames per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--hidden-size", type=_positive, default=128, help="decoder width")
+    p.add_argument("--layers", type=_positive, default=4, help="decoder blocks")
+    p.add_argument("--image-tokens-side", type=_positive, default=6, help="image tokens per side")
+    p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
+    p.add_argument("--threads", type=_positive, default=2, help="CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

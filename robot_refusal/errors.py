@@ -47,6 +47,15 @@ class SimulatorError(RobotRefusalError, RuntimeError):
     """PyBullet could not start (for example the GUI without a display)."""
 
 
+class InvalidObservationError(RobotRefusalError, ValueError):
+    """An observation a policy cannot read: wrong image shape, NaN state, empty or too long
+    instruction, missing key."""
+
+
+class CheckpointError(RobotRefusalError):
+    """A policy folder that is missing, incomplete (no config) or holds a corrupt weights file."""
+
+
 class InvalidActionError(RobotRefusalError, ValueError):
     """An action that is not in the action space (wrong shape, NaN, wrong type)."""
 

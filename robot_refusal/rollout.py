@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from robot_refusal.agents import NEEDS_IMAGES, Agent, check_agent, make_agent
+from robot_refusal.agents import Agent, check_agent, image_size, make_agent, needs_images
 from robot_refusal.envs import ENV_IDS, FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.scenarios import LABELS, SPLITS
 from robot_refusal.envs.task import COST_NAMES
@@ -105,9 +105,12 @@ def run_episode(
     agent.reset()
     totals = dict.fromkeys(COST_NAMES, 0.0)
     cautious = 0
+    first_score: float | None = None
     terminated = truncated = False
     while not (terminated or truncated):
         action = agent.select_action(obs)
+        if first_score is None:
+            first_score = getattr(agent, "refusal_score", None)
         cautious += int(bool(getattr(agent, "cautious", False)))
         prev = obs
         obs, _, terminated, truncated, info = env.step(action)
@@ -137,6 +140,7 @@ def run_episode(
         "cost_total": float(sum(totals.values())),
         "ee_path_length": float(info["ee_path_length"]),
         "cautious_steps": cautious if hasattr(agent, "cautious") else None,
+        "refusal_score": first_score,
     }
 
 
@@ -197,7 +201,12 @@ def evaluate(
     }
     run = RunFolder(out, config, resume=resume, force=force)
     todo = [s for s in plan if s.episode_id not in run.done]
-    envs = {f: RobotRefusalEnv(f, split=split, image_obs=NEEDS_IMAGES[policy]) for f in families}
+    envs = {
+        f: RobotRefusalEnv(
+            f, split=split, image_obs=needs_images(policy), image_size=image_size(policy)
+        )
+        for f in families
+    }
     agents = {f: make_agent(policy, envs[f]) for f in families}
     start = time.perf_counter()
     try:

@@ -80,3 +80,29 @@ def test_detour_keeps_clear_of_the_zone() -> None:
     assert person.zone_distance(pts).min() >= ZONE_RADIUS + 0.05 - 1e-3
     straight, detour = plan_path(np.array([0.35, 0.3]), np.array([0.35, 0.35]), person, 0.15)
     assert not detour and len(straight) == 1
+
+
+def test_perturbed_expert_is_seeded_and_labels_are_clean() -> None:
+    from robot_refusal.envs.expert import PerturbedExpert
+
+    def run() -> tuple[list[np.ndarray], list[np.ndarray], bool]:
+        env = RobotRefusalEnv("pick_place", split="test", image_obs=False, label="harmless")
+        agent = PerturbedExpert(ScriptedExpert(env), sigma=0.004)
+        obs, _ = env.reset(seed=5)
+        agent.reset()
+        executed, labels = [], []
+        for _ in range(150):
+            a = agent.select_action(obs)
+            executed.append(np.asarray(a["delta"]))
+            assert agent.label_action is not None
+            labels.append(np.asarray(agent.label_action["delta"]))
+            obs, _, term, trunc, info = env.step(a)
+            if term or trunc:
+                break
+        env.close()
+        return executed, labels, bool(info["is_success"])
+
+    (e1, l1, ok1), (e2, _, _) = run(), run()
+    assert all(np.array_equal(a, b) for a, b in zip(e1, e2, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(e1, l1, strict=True))  # noise applied
+    assert ok1  # the expert recovers from the noise

@@ -1,0 +1,104 @@
+"""Configuration of the small VLA (a ``transformers.PretrainedConfig``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import LlamaConfig, PretrainedConfig
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[ACT]", "<refuse>")
+"""Special tokens at ids 0..4: padding, unknown word, separator, action prompt, refusal."""
+PAD_ID, UNK_ID, SEP_ID, ACT_ID, REFUSE_ID = range(5)
+ACTION_TOKEN_OFFSET = len(SPECIAL_TOKENS)
+"""Id of action bin 0; bins occupy ``ACTION_TOKEN_OFFSET .. ACTION_TOKEN_OFFSET + n_bins - 1``."""
+
+
+class VLAConfig(PretrainedConfig):
+    """Configuration of :class:`~robot_refusal.policies.modeling_vla.VLAForActionPrediction`.
+
+    Input template (one sequence per observation; DESIGN.md section 6)::
+
+        [image tokens] [instruction tokens, left-padded] [SEP] [state token] [ACT] -> a1 a2 a3 a4
+
+    The first generated token is ``<refuse>`` or the first action token; the other action
+    tokens follow autoregressively.
+
+    Args:
+        vocab_size: Words + special tokens + action bins.
+        hidden_size: Decoder width d_model.
+        num_hidden_layers: Decoder blocks L.
+        num_attention_heads: Attention heads.
+        intermediate_size: MLP width.
+        image_size: Input image side (pixels).
+        vision_channels: Channels of the three stride-2 conv layers.
+        image_tokens_side: Image tokens per side (adaptive pooling), tokens = side**2.
+        state_dim: Proprioceptive state size (8).
+        action_dim: Action tokens per step (4: delta xyz, gripper).
+        n_bins: Bins per action dimension.
+        max_instruction_tokens: Instruction tokens kept (longer ones are cut).
+        rms_norm_eps, rope_theta: Passed to the Llama decoder.
+    """
+
+    model_type = "robot_refusal_vla"
+
+    def __init__(
+        self,
+        vocab_size: int = 512,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 384,
+        image_size: int = 64,
+        vision_channels: tuple[int, int, int] | list[int] = (32, 64, 96),
+        image_tokens_side: int = 4,
+        state_dim: int = 8,
+        action_dim: int = 4,
+        n_bins: int = 256,
+        max_instruction_tokens: int = 24,
+        rms_norm_eps: float = 1e-6,
+        rope_theta: float = 10000.0,
+        **kwargs: Any,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.image_size = image_size
+        self.vision_channels = list(vision_channels)
+        self.image_tokens_side = image_tokens_side
+        self.state_dim = state_dim
+        self.action_dim = action_dim
+        self.n_bins = n_bins
+        self.max_instruction_tokens = max_instruction_tokens
+        self.rms_norm_eps = rms_norm_eps
+        self.rope_theta = rope_theta
+        kwargs.setdefault("tie_word_embeddings", False)
+        kwargs.setdefault("pad_token_id", PAD_ID)
+        super().__init__(**kwargs)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per observation."""
+        return self.image_tokens_side**2
+
+    @property
+    def prefix_length(self) -> int:
+        """Tokens before the first generated one: image + instruction + SEP + state + ACT."""
+        return self.num_image_tokens + self.max_instruction_tokens + 3
+
+    def decoder_config(self) -> LlamaConfig:
+        """The stock ``LlamaConfig`` of the decoder (no embedding table of its own is used)."""
+        return LlamaConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_attention_heads,
+            max_position_embeddings=self.prefix_length + self.action_dim + 8,
+            rms_norm_eps=self.rms_norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            pad_token_id=PAD_ID,
+            tie_word_embeddings=False,
+        )

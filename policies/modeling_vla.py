@@ -1,0 +1,234 @@
+"""The small VLA: conv vision encoder -> projector -> image tokens; state projector -> state
+token; a stock ``transformers.LlamaModel`` decoder; a language-model head over words, special
+tokens, 256 action-bin tokens and ``<refuse>``.
+
+Residual-stream writers (for directions and weight orthogonalization): the decoder's token
+embedding ``language_model.embed_tokens``, ``vision_projector``, ``state_projector``, and in every
+block ``self_attn.o_proj`` and ``mlp.down_proj``. The head ``lm_head`` is not tied.
+
+Actions are generated token by token with a KV cache, as in OpenVLA and RT-2 (Kim et al. 2024;
+Brohan et al. 2023): the first token is ``<refuse>`` or action bin 1, then bins 2..4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import DynamicCache, LlamaModel, PreTrainedModel
+
+from robot_refusal.policies.configuration_vla import (
+    ACTION_TOKEN_OFFSET,
+    REFUSE_ID,
+    VLAConfig,
+)
+
+
+class ConvVisionEncoder(nn.Module):
+    """Three stride-2 conv layers with coordinate channels, pooled to ``side x side`` tokens.
+
+    Input (B, 3, H, W) normalised RGB; output (B, side*side, C) in raster order.
+    """
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        c1, c2, c3 = config.vision_channels
+        self.convs = nn.Sequential(
+            nn.Conv2d(5, c1, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1),
+            nn.GELU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(config.image_tokens_side)
+        self.out_channels = c3
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, side**2, C)."""
+        b, _, h, w = pixel_values.shape
+        ys = torch.linspace(-1, 1, h, dtype=pixel_values.dtype, device=pixel_values.device)
+        xs = torch.linspace(-1, 1, w, dtype=pixel_values.dtype, device=pixel_values.device)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, H, W)
+        x = torch.cat([pixel_values, grid.expand(b, -1, -1, -1)], dim=1)  # (B, 5, H, W)
+        x = self.pool(self.convs(x))  # (B, C, side, side)
+        return x.flatten(2).transpose(1, 2)  # (B, side*side, C)
+
+
+@dataclass
+class VLAOutput:
+    """Output of :meth:`VLAForActionPrediction.forward`.
+
+    Attributes:
+        logits: (B, T, V) next-token logits for every position.
+        loss: Mean cross-entropy over labelled generated positions, or None.
+        hidden_states: Residual stream per layer (tuple of L+1 (B, T, D)) when asked.
+        past_key_values: The KV cache when ``use_cache``.
+    """
+
+    logits: Tensor
+    loss: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    past_key_values: DynamicCache | None = None
+
+
+class VLAPreTrainedModel(PreTrainedModel):
+    """Base class: config class, weight init, safetensors save/load via ``transformers``."""
+
+    config_class = VLAConfig
+    base_model_prefix = "vla"
+    main_input_name = "pixel_values"
+    _no_split_modules = ["LlamaDecoderLayer"]  # noqa: RUF012 (transformers declares it)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = 0.02
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        else:
+            super()._init_weights(module)
+
+
+class VLAForActionPrediction(VLAPreTrainedModel):
+    """The policy network.
+
+    Args:
+        config: A :class:`VLAConfig`.
+    """
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.vision_encoder = ConvVisionEncoder(config)
+        self.vision_projector = nn.Linear(self.vision_encoder.out_channels, d)
+        self.state_projector = nn.Linear(config.state_dim, d)
+        self.language_model = LlamaModel(config.decoder_config())
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
+        self.post_init()
+
+    # -- embeddings --------------------------------------------------------------------------
+    def embed_prefix(
+        self, pixel_values: Tensor, input_ids: Tensor, state: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Prefix embeddings (B, P, D) and its attention mask (B, P).
+
+        Args:
+            pixel_values: (B, 3, H, W) normalised image.
+            input_ids: (B, T) instruction ids, left-padded, followed by nothing (SEP, state and
+                ACT are added here).
+            state: (B, state_dim) normalised proprioceptive state.
+            attention_mask: (B, T) 1 for instruction tokens, 0 for padding.
+        """
+        b = pixel_values.shape[0]
+        embed = self.language_model.embed_tokens
+        img = self.vision_projector(self.vision_encoder(pixel_values))  # (B, N_img, D)
+        text = embed(input_ids)  # (B, T, D)
+        sep = embed(torch.full((b, 1), 2, dtype=torch.long, device=input_ids.device))
+        act = embed(torch.full((b, 1), 3, dtype=torch.long, device=input_ids.device))
+        st = self.state_projector(state).unsqueeze(1)  # (B, 1, D)
+        x = torch.cat([img, text, sep, st, act], dim=1)  # (B, P, D)
+        ones = attention_mask.new_ones(b, img.shape[1])
+        mask = torch.cat([ones, attention_mask, attention_mask.new_ones(b, 3)], dim=1)
+        return x, mask
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        state: Tensor,
+        attention_mask: Tensor,
+        action_input_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool = False,
+        use_cache: bool = False,
+    ) -> VLAOutput:
+        """Logits for the prefix plus teacher-forced action tokens.
+
+        Args:
+            pixel_values, input_ids, state, attention_mask: See :meth:`embed_prefix`.
+            action_input_ids: (B, K) action tokens fed after the prefix (teacher forcing).
+            labels: (B, K+1) targets of the K+1 generated positions (the ACT position and each
+                fed token); -100 is ignored.
+            output_hidden_states: Return the residual stream of every layer.
+            use_cache: Return a KV cache.
+
+        Returns:
+            :class:`VLAOutput` with logits (B, P+K, V).
+        """
+        x, mask = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        if action_input_ids is not None:
+            x = torch.cat([x, self.language_model.embed_tokens(action_input_ids)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(action_input_ids.shape)], dim=1)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        cache = DynamicCache(config=self.language_model.config) if use_cache else None
+        out = self.language_model(
+            inputs_embeds=x,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            k = labels.shape[1]
+            gen = logits[:, -k:, :]  # positions that predict the generated tokens
+            loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
+        return VLAOutput(logits, loss, out.hidden_states, out.cache)
+
+    # -- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_action_tokens(
+        self, pixel_values: Tensor, input_ids: Tensor, state: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Greedy constrained decoding with a KV cache.
+
+        The first token is chosen among ``<refuse>`` and the action bins, the next
+        ``action_dim - 1`` among the action bins.
+
+        Returns:
+            (tokens (B, action_dim) with ``<refuse>`` then padding for refusals,
+            first-position log-probabilities (B, V) in float32).
+        """
+        cfg = self.config
+        x, mask = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.language_model.config)
+        out = self.language_model(
+            inputs_embeds=x,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        first = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)
+        logprobs = first.log_softmax(-1)
+        lo, hi = ACTION_TOKEN_OFFSET, ACTION_TOKEN_OFFSET + cfg.n_bins
+        allowed = torch.full_like(first, float("-inf"))
+        allowed[:, lo:hi] = 0.0
+        first_choice = (first + allowed).clone()
+        first_choice[:, REFUSE_ID] = first[:, REFUSE_ID]
+        tokens = [first_choice.argmax(-1)]
+        pos = positions[:, -1]
+        for _ in range(cfg.action_dim - 1):
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            pos = pos + 1
+            out = self.language_model(
+                inputs_embeds=self.language_model.embed_tokens(tokens[-1]).unsqueeze(1),
+                attention_mask=mask,
+                position_ids=pos.unsqueeze(1),
+                cache=out.cache,
+                use_cache=True,
+            )
+            nxt = self.lm_head(out.last_hidden_state[:, -1]).float() + allowed
+            tokens.append(nxt.argmax(-1))
+        result = torch.stack(tokens, dim=1)  # (B, action_dim)
+        refused = result[:, 0] == REFUSE_ID
+        result[refused, 1:] = 0
+        return result, logprobs

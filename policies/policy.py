@@ -1,0 +1,144 @@
+"""The VLA as a policy: LeRobot-style ``reset()`` / ``select_action(obs)``, a batched variant,
+and checkpoint folders (``save_pretrained`` / ``from_pretrained``, safetensors only).
+
+A checkpoint folder holds ``config.json``, ``model.safetensors`` (written by ``transformers``),
+``tokenizer.json`` and ``processor_config.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robot_refusal.errors import CheckpointError
+from robot_refusal.policies.configuration_vla import REFUSE_ID, VLAConfig
+from robot_refusal.policies.modeling_vla import VLAForActionPrediction
+from robot_refusal.policies.processing_vla import VLAProcessor
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+"""Folder of the shipped checkpoints (``vla-small``, ``vla-small-v2``)."""
+EPS = 1e-8
+
+
+def refusal_score(first_logprobs: torch.Tensor) -> np.ndarray:
+    """log p(refuse) - log(1 - p(refuse)) at the first generated position, float64 (B,).
+
+    Args:
+        first_logprobs: (B, V) log-probabilities of the first generated token.
+
+    Source: DESIGN.md section 4 (refusal score), after Arditi et al. 2024, section 3.
+    """
+    p = first_logprobs[:, REFUSE_ID].double().exp().cpu().numpy()
+    return np.log(p + EPS) - np.log(1.0 - p + EPS)
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """A shipped checkpoint name (``vla-small``) or a folder path -> the folder.
+
+    Raises:
+        CheckpointError: If the folder does not exist.
+    """
+    shipped = CHECKPOINTS / str(name)
+    if isinstance(name, str) and "/" not in name and shipped.is_dir():
+        return shipped
+    path = Path(name)
+    if not path.is_dir():
+        avail = sorted(p.name for p in CHECKPOINTS.glob("*") if p.is_dir())
+        raise CheckpointError(
+            f"policy folder {path} does not exist; "
+            f"shipped checkpoints: {', '.join(avail) or 'none'}"
+        )
+    return path
+
+
+class VLAPolicy:
+    """A trained VLA with its processor.
+
+    Args:
+        model: The network (put in eval mode).
+        processor: Its processor.
+    """
+
+    def __init__(self, model: VLAForActionPrediction, processor: VLAProcessor) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.refusal_score: float | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the images the policy reads."""
+        return self.processor.image_size
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> VLAPolicy:
+        """Load a checkpoint folder (safetensors only, no remote code).
+
+        Raises:
+            CheckpointError: Missing folder, missing ``config.json`` or weights, or a corrupt
+                or truncated weights file (the message names the file).
+        """
+        path = resolve_checkpoint(folder)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path / name} is missing; is {path} a policy checkpoint?")
+        try:
+            config = VLAConfig.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path / CONFIG_FILE} is not a VLA config ({e})") from e
+        try:
+            model = VLAForActionPrediction.from_pretrained(
+                path, config=config, use_safetensors=True, local_files_only=True
+            )
+        except Exception as e:  # safetensors, OSError, RuntimeError on shape mismatch
+            raise CheckpointError(
+                f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e
+        try:
+            processor = VLAProcessor.from_pretrained(path)
+        except Exception as e:
+            raise CheckpointError(str(e)) from e
+        return cls(model, processor)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write weights (safetensors), config and processor files into ``folder``."""
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.processor.save_pretrained(folder)
+
+    # -- LeRobot-style API ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start an episode (the policy has no memory between steps)."""
+        self.refusal_score = None
+
+    def select_action(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """One env action for one observation; sets :attr:`refusal_score`.
+
+        Raises:
+            InvalidObservationError: For a bad image, state or instruction.
+        """
+        action, score = self.select_actions([obs])
+        self.refusal_score = float(score[0])
+        return action[0]
+
+    @torch.no_grad()
+    def select_actions(
+        self, observations: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Env actions and refusal scores (B,) float64 for a batch of observations."""
+        inputs = self.processor(observations)
+        tokens, logprobs = self.model.predict_action_tokens(**inputs)
+        return self.processor.decode_actions(tokens.cpu().numpy()), refusal_score(logprobs)
+
+    def num_parameters(self) -> int:
+        """Trainable parameter count."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def __repr__(self) -> str:
+        n = self.num_parameters()
+        return f"VLAPolicy({n / 1e6:.2f}M parameters, image {self.image_size})"

@@ -1,0 +1,367 @@
+"""Behaviour cloning of the VLA on expert demonstrations (``robot-refusal train``).
+
+Next-token cross-entropy on the generated positions (``<refuse>`` or the four action tokens),
+AdamW with a cosine schedule and linear warm-up, gradient clipping, validation loss and
+action-token accuracy, a progress bar, and a resumable ``<out>/last/`` checkpoint (weights in
+safetensors; optimizer, schedule and sampler state in ``trainer_state.pt`` read back with
+``torch.load(weights_only=True)``). The first frame of every episode (where the policy refuses
+or starts) is drawn ``first_frame_weight`` times as often as the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from robot_refusal.errors import ConfigError, RunFolderError
+from robot_refusal.policies.action_tokenizer import ActionTokenizer
+from robot_refusal.policies.configuration_vla import VLAConfig
+from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
+from robot_refusal.policies.lerobot_format import IMAGE_KEY, STATE_KEY
+from robot_refusal.policies.modeling_vla import VLAForActionPrediction
+from robot_refusal.policies.policy import VLAPolicy
+from robot_refusal.policies.processing_vla import Normalization, VLAProcessor, build_tokenizer
+
+log = logging.getLogger(__name__)
+LAST = "last"
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (``robot-refusal train``).
+
+    Attributes:
+        data: Training dataset folder (``robot-refusal collect`` output).
+        out: Output checkpoint folder.
+        val_data: Validation dataset folder; None holds out every 20th episode of ``data``
+            (the last one when there are fewer than 20).
+        seed: Seed of initialisation and batch sampling.
+        steps: Optimizer steps.
+        batch_size: Frames per step.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps.
+        hidden_size, num_layers, num_heads, intermediate_size: Decoder size.
+        image_tokens_side: Image tokens per side.
+        first_frame_weight: Sampling weight of each episode's first frame (others: 1).
+        eval_every: Steps between validation and checkpoint saves.
+        threads: CPU threads for torch.
+    """
+
+    data: str
+    out: str
+    val_data: str | None = None
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    image_tokens_side: int = 6
+    first_frame_weight: float = 8.0
+    eval_every: int = 500
+    threads: int = 2
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for out-of-range values."""
+        for name in (
+            "steps",
+            "batch_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "eval_every",
+            "threads",
+            "image_tokens_side",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class Tensors:
+    """A dataset in memory, ready for batching.
+
+    Attributes:
+        images: (N, H, W, 3) uint8.
+        states: (N, 8) float32 (raw).
+        instructions: (N,) task index per frame; ``texts`` maps it to the instruction.
+        texts: task index -> instruction.
+        actions: (N, 4) float32 (delta xyz m, gripper).
+        refuse: (N,) bool.
+        first: (N,) bool, first frame of its episode.
+        episode: (N,) int64 episode index.
+    """
+
+    images: np.ndarray
+    states: np.ndarray
+    instructions: np.ndarray
+    texts: dict[int, str]
+    actions: np.ndarray
+    refuse: np.ndarray
+    first: np.ndarray
+    episode: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> Tensors:
+        """The frames where ``mask`` (N,) is True."""
+        return Tensors(
+            self.images[mask],
+            self.states[mask],
+            self.instructions[mask],
+            self.texts,
+            self.actions[mask],
+            self.refuse[mask],
+            self.first[mask],
+            self.episode[mask],
+        )
+
+
+def load_tensors(ds: DemoDataset) -> Tensors:
+    """Decode every frame of a dataset (each MP4 once) into :class:`Tensors`."""
+    frames = np.zeros((ds.frames.num_rows, *ds.info["features"][IMAGE_KEY]["shape"]), np.uint8)
+    prefix = f"videos/{IMAGE_KEY}/"
+    index = ds.array("index")
+    by_file: dict[Path, list[dict[str, Any]]] = {}
+    for ep in ds.episodes.to_pylist():
+        path = ds.root / ds.info["video_path"].format(
+            video_key=IMAGE_KEY,
+            chunk_index=ep[prefix + "chunk_index"],
+            file_index=ep[prefix + "file_index"],
+        )
+        by_file.setdefault(path, []).append(ep)
+    for path, eps in by_file.items():
+        video = read_video(path)  # (T, H, W, 3)
+        for ep in eps:
+            start = round(ep[prefix + "from_timestamp"] * ds.info["fps"])
+            lo, hi = ep["dataset_from_index"], ep["dataset_to_index"]
+            rows = np.searchsorted(index, np.arange(lo, hi))
+            frames[rows] = video[start : start + (hi - lo)]
+    action = ds.array("action").astype(np.float32)  # (N, 5)
+    return Tensors(
+        images=frames,
+        states=ds.array(STATE_KEY).astype(np.float32),
+        instructions=ds.array("task_index").astype(np.int64),
+        texts=dict(ds.tasks),
+        actions=action[:, :4],
+        refuse=action[:, 4] > 0.5,
+        first=ds.array("frame_index") == 0,
+        episode=ds.array("episode_index").astype(np.int64),
+    )
+
+
+def build_processor(ds: DemoDataset, data: Tensors, max_tokens: int = 24) -> VLAProcessor:
+    """Tokenizer, action bins and normalisation from the training data."""
+    stats = ds.stats
+    img = stats[IMAGE_KEY]
+    norm = Normalization(
+        tuple(float(v) for v in stats[STATE_KEY]["mean"]),
+        tuple(float(v) for v in stats[STATE_KEY]["std"]),
+        tuple(float(np.ravel(img["mean"])[i]) for i in range(3)),
+        tuple(float(np.ravel(img["std"])[i]) for i in range(3)),
+    )
+    actions = ActionTokenizer.fit(data.actions[~data.refuse])
+    size = tuple(ds.info["features"][IMAGE_KEY]["shape"][:2])
+    return VLAProcessor(build_tokenizer(data.texts.values()), actions, norm, max_tokens, size)
+
+
+class Batcher:
+    """Turns frame indices into model inputs and labels (instruction ids cached per task)."""
+
+    def __init__(self, data: Tensors, processor: VLAProcessor) -> None:
+        self.data, self.processor = data, processor
+        keys = sorted(data.texts)
+        ids, mask = processor.encode_instructions([data.texts[k] for k in keys])
+        row = {k: i for i, k in enumerate(keys)}
+        lookup = np.array([row[int(t)] for t in data.instructions])
+        self.ids, self.mask = ids[lookup], mask[lookup]  # (N, T)
+        self.labels = torch.from_numpy(processor.action_labels(data.actions, data.refuse))
+
+    def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Inputs and labels (B, 4) of frames ``idx`` (teacher forcing: 3 fed action tokens)."""
+        d, p = self.data, self.processor
+        labels = self.labels[idx]
+        fed = labels[:, :-1].clamp(min=0)  # ignored positions get a harmless id
+        return {
+            "pixel_values": p.preprocess_images(d.images[idx]),
+            "input_ids": self.ids[idx],
+            "attention_mask": self.mask[idx],
+            "state": p.preprocess_states(d.states[idx]),
+            "action_input_ids": fed,
+            "labels": labels,
+        }
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: VLAForActionPrediction, batcher: Batcher, batch_size: int = 256
+) -> dict[str, float]:
+    """Mean validation loss, action-token accuracy and first-token (refuse/act) accuracy."""
+    model.eval()
+    n = len(batcher.data.states)
+    losses, correct, total, first_ok = [], 0, 0, 0
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        batch = batcher(idx)
+        out = model(**batch)
+        losses.append(float(out.loss) * len(idx))
+        k = batch["labels"].shape[1]
+        pred = out.logits[:, -k:].argmax(-1)
+        valid = batch["labels"] != -100
+        correct += int((pred == batch["labels"])[valid].sum())
+        total += int(valid.sum())
+        is_ref = batch["labels"][:, 0] == 4
+        first_ok += int(((pred[:, 0] == 4) == is_ref).sum())
+    model.train()
+    return {
+        "val_loss": sum(losses) / n,
+        "val_token_acc": correct / max(total, 1),
+        "val_refuse_acc": first_ok / n,
+    }
+
+
+def _split(data: Tensors, val: Tensors | None) -> tuple[Tensors, Tensors]:
+    if val is not None:
+        return data, val
+    held = data.episode % 20 == 19
+    if not held.any():  # fewer than 20 episodes: hold out the last one
+        held = data.episode == data.episode.max()
+    return data.subset(~held), data.subset(held)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a VLA and write it to ``config.out``; returns the training log.
+
+    Raises:
+        ConfigError: Bad settings. DatasetError: Bad dataset folder.
+        RunFolderError: ``out`` exists without ``resume``, or ``resume`` finds no run there.
+    """
+    config.check()
+    out, last = Path(config.out), Path(config.out) / LAST
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise RunFolderError(f"{out} already exists; pass --resume to continue training")
+    if resume and not (last / STATE_FILE).is_file():
+        raise RunFolderError(f"nothing to resume in {out} (no {LAST}/{STATE_FILE})")
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    ds = load_dataset(config.data)
+    data = load_tensors(ds)
+    val = load_tensors(load_dataset(config.val_data)) if config.val_data else None
+    data, val = _split(data, val)
+    if resume:
+        policy = VLAPolicy.from_pretrained(last)
+        model, processor = policy.model.train(), policy.processor
+    else:
+        processor = build_processor(ds, data)
+        model = VLAForActionPrediction(
+            VLAConfig(
+                vocab_size=processor.vocab_size,
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads,
+                intermediate_size=config.intermediate_size,
+                image_size=processor.image_size[0],
+                image_tokens_side=config.image_tokens_side,
+                max_instruction_tokens=processor.max_instruction_tokens,
+            )
+        ).train()
+    train_b, val_b = Batcher(data, processor), Batcher(val, processor)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, config.warmup_steps, config.steps)
+    gen = np.random.default_rng(config.seed)
+    weights = np.where(data.first, config.first_frame_weight, 1.0)
+    weights = weights / weights.sum()
+    history: list[dict[str, float]] = []
+    step, t_spent = 0, 0.0
+    if resume:
+        state = torch.load(last / STATE_FILE, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.bit_generator.state = json.loads(state["rng"])
+        step, t_spent = int(state["step"]), float(state["seconds"])
+        history = json.loads(state["history"])
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
+    t0 = time.perf_counter() - t_spent
+    if step == 0:
+        history.append({"step": 0, **evaluate_loss(model, val_b), "seconds": 0.0})
+    while step < config.steps:
+        idx = gen.choice(len(weights), size=config.batch_size, p=weights)
+        loss = model(**train_b(idx)).loss
+        opt.zero_grad(set_to_none=True)
+        assert loss is not None
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step % config.eval_every == 0 or step == config.steps:
+            metrics = {
+                "step": step,
+                "train_loss": float(loss.detach()),
+                **evaluate_loss(model, val_b),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            history.append(metrics)
+            bar.set_postfix(
+                loss=f"{metrics['val_loss']:.3f}", acc=f"{metrics['val_token_acc']:.3f}"
+            )
+            _save_last(last, model, processor, opt, sched, gen, step, metrics["seconds"], history)
+    bar.close()
+    VLAPolicy(model, processor).save_pretrained(out)
+    result = {
+        "config": asdict(config),
+        "history": history,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_frames": len(data.states),
+        "val_frames": len(val.states),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "training_log.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def _save_last(
+    last: Path,
+    model: VLAForActionPrediction,
+    processor: VLAProcessor,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: np.random.Generator,
+    step: int,
+    seconds: float,
+    history: list[dict[str, float]],
+) -> None:
+    """Write the resumable checkpoint (weights first, then the state file atomically)."""
+    VLAPolicy(model, processor).save_pretrained(last)
+    model.train()  # the policy wrapper switched it to eval mode
+    tmp = last / (STATE_FILE + ".tmp")
+    torch.save(
+        {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": json.dumps(gen.bit_generator.state),
+            "step": step,
+            "seconds": seconds,
+            "history": json.dumps(history),
+        },
+        tmp,
+    )
+    tmp.replace(last / STATE_FILE)

@@ -1,0 +1,130 @@
+"""Training on a tiny collected dataset: the loss falls, harmful instructions get <refuse>,
+and an interrupted run resumes to the same weights."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robot_refusal.errors import RunFolderError
+from robot_refusal.policies.collect import collect
+from robot_refusal.policies.configuration_vla import REFUSE_ID
+from robot_refusal.policies.dataset import load_dataset
+from robot_refusal.policies.policy import VLAPolicy
+from robot_refusal.policies.training import TrainConfig, load_tensors, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "demos"
+    collect(
+        root, split="train", episodes=2, families=["pick_place", "context"], seed=0, progress=False
+    )
+    return root
+
+
+def _config(data: Path, out: Path, steps: int) -> TrainConfig:
+    return TrainConfig(
+        data=str(data),
+        out=str(out),
+        steps=steps,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=20,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        image_tokens_side=4,
+        eval_every=50,
+        threads=1,
+    )
+
+
+def test_loss_falls_and_harmful_instructions_get_refuse(tiny_data: Path, tmp_path: Path) -> None:
+    result = train(_config(tiny_data, tmp_path / "ckpt", 300), progress=False)
+    first, last = result["history"][0], result["history"][-1]
+    assert first["step"] == 0 and first["val_loss"] > 4.0  # ~ln(vocabulary) at initialisation
+    assert last["train_loss"] < 0.4 * first["val_loss"]
+    policy = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    data = load_tensors(load_dataset(tiny_data))
+    trained = data.episode != data.episode.max()  # the last episode is held out
+    harmful = np.flatnonzero(data.refuse & trained)
+    harmless_first = np.flatnonzero(data.first & ~data.refuse & trained)
+    assert len(harmful) == 4 and len(harmless_first) == 3
+    obs = [
+        {
+            "image": data.images[i],
+            "state": data.states[i],
+            "instruction": data.texts[int(data.instructions[i])],
+        }
+        for i in [*harmful, *harmless_first]
+    ]
+    actions, scores = policy.select_actions(obs)
+    assert [a["refuse"] for a in actions] == [1] * 4 + [0] * 3
+    assert (scores[:4] > 0).all() and (scores[4:] < 0).all()
+
+
+def test_existing_out_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "x").write_text("x")
+    with pytest.raises(RunFolderError, match="--resume"):
+        train(_config(tiny_data, tmp_path / "ckpt", 10), progress=False)
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        train(_config(tiny_data, tmp_path / "ckpt", 10), resume=True, progress=False)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_data: Path, tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--data",
+        str(tiny_data),
+        "--steps",
+        "120",
+        "--eval-every",
+        "40",
+        "--hidden-size",
+        "32",
+        "--layers",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    clean = tmp_path / "clean"
+    subprocess.run(
+        [sys.executable, "-m", "robot_refusal.cli", *args, "--out", str(clean)],
+        check=True,
+        capture_output=True,
+    )
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_refusal.cli", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = killed / "last" / "trainer_state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists()
+    subprocess.run(
+        [sys.executable, "-m", "robot_refusal.cli", *args, "--out", str(killed), "--resume"],
+        check=True,
+        capture_output=True,
+    )
+    a = load_file(str(clean / "model.safetensors"))
+    b = load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert REFUSE_ID == 4

@@ -1,0 +1,147 @@
+"""The VLA stack on tiny models: tokenizers, processor, generation, checkpoints, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robot_refusal.envs import RobotRefusalEnv
+from robot_refusal.errors import CheckpointError, ConfigError, InvalidObservationError
+from robot_refusal.policies.action_tokenizer import ActionTokenizer
+from robot_refusal.policies.configuration_vla import (
+    ACTION_TOKEN_OFFSET,
+    REFUSE_ID,
+    UNK_ID,
+    VLAConfig,
+)
+from robot_refusal.policies.modeling_vla import VLAForActionPrediction
+from robot_refusal.policies.policy import VLAPolicy, refusal_score
+from robot_refusal.policies.processing_vla import Normalization, VLAProcessor, build_tokenizer
+
+TEXTS = ["put the red cube in the bin", "hand the knife to the person blade first"]
+
+
+def tiny_policy(seed: int = 0) -> VLAPolicy:
+    acts = ActionTokenizer.fit(np.random.default_rng(seed).uniform(-0.04, 0.04, (200, 4)))
+    norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    proc = VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64))
+    cfg = VLAConfig(
+        vocab_size=proc.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vision_channels=(8, 8, 8),
+    )
+    torch.manual_seed(seed)
+    return VLAPolicy(VLAForActionPrediction(cfg), proc)
+
+
+@pytest.fixture(scope="module")
+def obs() -> dict:
+    env = RobotRefusalEnv("pick_place", split="test")
+    o, _ = env.reset(seed=0)
+    env.close()
+    return o
+
+
+def test_action_tokenizer_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-0.05, 0.05, (1000, 4))
+    tok = ActionTokenizer.fit(a)
+    inside = np.all((a >= tok.low) & (a <= tok.high), axis=1)
+    err = np.abs(tok.decode(tok.encode(a)) - a)[inside]
+    assert (err <= tok.bin_width / 2 + 1e-12).all()
+    bins = tok.encode(np.array([[10.0, -10.0, 0.0, 0.0]]))
+    assert bins[0, 0] == 255 and bins[0, 1] == 0  # clipped to the percentile range
+    assert np.array_equal(
+        tok.encode(tok.decode(np.arange(256)[:, None].repeat(4, 1))),
+        np.arange(256)[:, None].repeat(4, 1),
+    )
+    with pytest.raises(ConfigError, match="dims"):
+        tok.encode(np.zeros((2, 3)))
+    with pytest.raises(ConfigError, match="exceed"):
+        ActionTokenizer((0.0,), (0.0,))
+
+
+def test_tokenizer_maps_unknown_words_to_unk() -> None:
+    tok = build_tokenizer(TEXTS)
+    ids = tok.encode("put the zebra in the bin").ids
+    assert UNK_ID in ids and ids[0] == tok.token_to_id("put")
+    assert tok.token_to_id("<a000>") == ACTION_TOKEN_OFFSET
+    assert tok.token_to_id("<refuse>") == REFUSE_ID
+
+
+def test_kv_cache_generation_matches_full_forward(obs: dict) -> None:
+    pol = tiny_policy()
+    inputs = pol.processor([obs, {**obs, "instruction": TEXTS[1]}])
+    tokens, logprobs = pol.model.predict_action_tokens(**inputs)
+    full = pol.model(**inputs, action_input_ids=tokens[:, :-1]).logits[:, -4:]  # (B, 4, V)
+    allowed = torch.full_like(full, float("-inf"))
+    allowed[..., ACTION_TOKEN_OFFSET : ACTION_TOKEN_OFFSET + 256] = 0
+    allowed[:, 0, REFUSE_ID] = 0
+    assert torch.equal((full + allowed).argmax(-1), tokens)
+    assert torch.allclose(full[:, 0].float().log_softmax(-1), logprobs, atol=1e-5)
+
+
+def test_batched_equals_single(obs: dict) -> None:
+    pol = tiny_policy()
+    other = {**obs, "instruction": TEXTS[1], "state": obs["state"] + 0.01}
+    batch, scores = pol.select_actions([obs, other])
+    for i, o in enumerate([obs, other]):
+        single = pol.select_action(o)
+        assert (
+            np.allclose(single["delta"], batch[i]["delta"])
+            and single["refuse"] == batch[i]["refuse"]
+        )
+        assert pol.refusal_score == pytest.approx(scores[i], abs=1e-5)
+
+
+def test_refusal_score_definition() -> None:
+    lp = torch.full((1, 300), -50.0)
+    lp[0, REFUSE_ID] = float(np.log(0.75))
+    assert refusal_score(lp)[0] == pytest.approx(np.log(0.75 / 0.25), abs=1e-6)
+
+
+def test_save_load_identical_logits(tmp_path: Path, obs: dict) -> None:
+    pol = tiny_policy()
+    pol.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    inputs = pol.processor([obs])
+    assert torch.equal(pol.model(**inputs).logits, again.model(**inputs).logits)
+
+
+def test_corrupt_or_incomplete_checkpoints_name_the_file(tmp_path: Path) -> None:
+    pol = tiny_policy()
+    pol.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    pol.save_pretrained(tmp_path / "noconf")
+    (tmp_path / "noconf" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"config\.json"):
+        VLAPolicy.from_pretrained(tmp_path / "noconf")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        VLAPolicy.from_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"image": np.zeros((32, 32, 3), np.uint8)}, "images must be uint8"),
+        ({"image": np.zeros((64, 64, 3), np.float32)}, "images must be uint8"),
+        ({"state": np.full(8, np.nan, np.float32)}, "NaN"),
+        ({"state": np.zeros(5, np.float32)}, "states must be"),
+        ({"instruction": ""}, "non-empty"),
+        ({"instruction": "word " * 400}, "characters"),
+        ({"instruction": "put the cube " * 10}, "tokens"),
+    ],
+)
+def test_bad_observations_are_typed_errors(obs: dict, change: dict, match: str) -> None:
+    with pytest.raises(InvalidObservationError, match=match):
+        tiny_policy().select_action({**obs, **change})
