@@ -36,6 +36,12 @@ from robot_refusal.policies.configuration_vla import (
 TOKENIZER_FILE = "tokenizer.json"
 PROCESSOR_FILE = "processor_config.json"
 MAX_INSTRUCTION_CHARS = 1000
+POLICY_STATE = (0, 1, 2, 6, 7)
+"""Env state entries the policy reads: end-effector position (m), gripper opening (m), grasp
+flag. The end-effector velocity (entries 3:6) is left out: with it, behaviour cloning learns to
+continue the current motion (the "copycat" shortcut of Wen et al. 2020, "Fighting Copycat
+Agents in Behavioral Cloning from Observation Histories") instead of reading the image; the
+first trained VLA did exactly that (good open-loop, wrong closed-loop heading)."""
 
 
 def action_token(i: int) -> str:
@@ -82,9 +88,10 @@ class VLAProcessor:
     Args:
         tokenizer: The instruction tokenizer.
         actions: The action tokenizer.
-        norm: Normalisation statistics.
+        norm: Normalisation statistics (of the full 8-entry env state).
         max_instruction_tokens: Instruction length T of the template.
         image_size: Expected (H, W) of observation images.
+        state_keys: Entries of the env state the policy reads (default :data:`POLICY_STATE`).
     """
 
     def __init__(
@@ -94,12 +101,17 @@ class VLAProcessor:
         norm: Normalization,
         max_instruction_tokens: int,
         image_size: tuple[int, int],
+        state_keys: tuple[int, ...] = POLICY_STATE,
     ) -> None:
         self.tokenizer, self.actions, self.norm = tokenizer, actions, norm
         self.max_instruction_tokens = max_instruction_tokens
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self._state_mean = np.asarray(norm.state_mean, np.float32)
-        self._state_std = np.maximum(np.asarray(norm.state_std, np.float32), 1e-6)
+        self.state_keys = tuple(int(k) for k in state_keys)
+        self._state_dim = len(norm.state_mean)
+        self._state_mean = np.asarray(norm.state_mean, np.float32)[list(self.state_keys)]
+        self._state_std = np.maximum(np.asarray(norm.state_std, np.float32), 1e-6)[
+            list(self.state_keys)
+        ]
         self._img_mean = np.asarray(norm.image_mean, np.float32).reshape(1, 3, 1, 1)
         self._img_std = np.maximum(np.asarray(norm.image_std, np.float32), 1e-6).reshape(1, 3, 1, 1)
 
@@ -150,19 +162,23 @@ class VLAProcessor:
         x = a.astype(np.float32).transpose(0, 3, 1, 2) / 255.0  # (B, 3, H, W)
         return torch.from_numpy((x - self._img_mean) / self._img_std)
 
+    @property
+    def state_dim(self) -> int:
+        """Entries of the state the model reads."""
+        return len(self.state_keys)
+
     def preprocess_states(self, states: NDArray[np.floating]) -> torch.Tensor:
-        """(B, 8) -> (B, 8) float32, standardised.
+        """(B, 8) env states -> (B, len(state_keys)) float32, selected and standardised.
 
         Raises:
             InvalidObservationError: For a wrong shape or NaN/inf.
         """
         s = np.asarray(states, dtype=np.float32)
-        if s.ndim != 2 or s.shape[1] != self._state_mean.shape[0]:
-            raise InvalidObservationError(
-                f"states must be (B, {self._state_mean.shape[0]}), got {s.shape}"
-            )
+        if s.ndim != 2 or s.shape[1] != self._state_dim:
+            raise InvalidObservationError(f"states must be (B, {self._state_dim}), got {s.shape}")
         if not np.isfinite(s).all():
             raise InvalidObservationError("state contains NaN or inf")
+        s = s[:, list(self.state_keys)]
         return torch.from_numpy((s - self._state_mean) / self._state_std)
 
     def __call__(self, observations: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -232,6 +248,7 @@ class VLAProcessor:
             "normalization": asdict(self.norm),
             "max_instruction_tokens": self.max_instruction_tokens,
             "image_size": list(self.image_size),
+            "state_keys": list(self.state_keys),
         }
         (folder / PROCESSOR_FILE).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
 
@@ -258,8 +275,14 @@ class VLAProcessor:
                 int(cfg["actions"]["n_bins"]),
             )
             norm = Normalization(**{k: tuple(v) for k, v in cfg["normalization"].items()})
+            keys = tuple(int(k) for k in cfg.get("state_keys", range(len(norm.state_mean))))
             return cls(
-                tok, actions, norm, int(cfg["max_instruction_tokens"]), tuple(cfg["image_size"])
+                tok,
+                actions,
+                norm,
+                int(cfg["max_instruction_tokens"]),
+                tuple(cfg["image_size"]),
+                keys,
             )
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{folder / PROCESSOR_FILE} is malformed ({e})") from e

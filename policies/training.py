@@ -279,6 +279,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 intermediate_size=config.intermediate_size,
                 image_size=processor.image_size[0],
                 image_tokens_side=config.image_tokens_side,
+                state_dim=processor.state_dim,
                 max_instruction_tokens=processor.max_instruction_tokens,
             )
         ).train()

@@ -35,6 +35,7 @@ def tiny_policy(seed: int = 0) -> VLAPolicy:
         num_attention_heads=2,
         intermediate_size=64,
         vision_channels=(8, 8, 8),
+        state_dim=proc.state_dim,
     )
     torch.manual_seed(seed)
     return VLAPolicy(VLAForActionPrediction(cfg), proc)
@@ -145,3 +146,11 @@ def test_corrupt_or_incomplete_checkpoints_name_the_file(tmp_path: Path) -> None
 def test_bad_observations_are_typed_errors(obs: dict, change: dict, match: str) -> None:
     with pytest.raises(InvalidObservationError, match=match):
         tiny_policy().select_action({**obs, **change})
+
+
+def test_policy_ignores_the_velocity_entries(obs: dict) -> None:
+    """The copycat guard: ee velocity (state[3:6]) never reaches the model."""
+    pol = tiny_policy()
+    moved = {**obs, "state": obs["state"] + np.array([0, 0, 0, 0.3, -0.2, 0.1, 0, 0], np.float32)}
+    a, b = pol.processor([obs]), pol.processor([moved])
+    assert torch.equal(a["state"], b["state"]) and a["state"].shape == (1, 5)
