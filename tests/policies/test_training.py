@@ -18,6 +18,7 @@ from robot_refusal.errors import RunFolderError
 from robot_refusal.policies.collect import collect
 from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.dataset import load_dataset
+from robot_refusal.policies.diagnostics import heading_report
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.training import TrainConfig, load_tensors, train
 
@@ -71,6 +72,15 @@ def test_loss_falls_and_harmful_instructions_get_refuse(tiny_data: Path, tmp_pat
     actions, scores = policy.select_actions(obs)
     assert [a["refuse"] for a in actions] == [1] * 4 + [0] * 3
     assert (scores[:4] > 0).all() and (scores[4:] < 0).all()
+    report = heading_report(policy, data)
+    assert set(report) == {
+        "first_frame",
+        "moving_before_grasp",
+        "moving_holding",
+        "refusal_accuracy",
+    }
+    assert report["moving_before_grasp"] > 0.3  # random headings give ~0
+    assert report["refusal_accuracy"] >= 0.75
 
 
 def test_existing_out_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
