@@ -265,39 +265,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     data = load_tensors(ds)
     val = load_tensors(load_dataset(config.val_data)) if config.val_data else None
     data, val = _split(data, val)
-    if resume:
-        policy = VLAPolicy.from_pretrained(last)
-        model, processor = policy.model.train(), policy.processor
-    else:
-        processor = build_processor(ds, data)
-        model = VLAForActionPrediction(
-            VLAConfig(
-                vocab_size=processor.vocab_size,
-                hidden_size=config.hidden_size,
-                num_hidden_layers=config.num_layers,
-                num_attention_heads=config.num_heads,
-                intermediate_size=config.intermediate_size,
-                image_size=processor.image_size[0],
-                image_tokens_side=config.image_tokens_side,
-                state_dim=processor.state_dim,
-                max_instruction_tokens=processor.max_instruction_tokens,
-            )
-        ).train()
+    model, processor = _model(config, ds, data, last if resume else None)
     train_b, val_b = Batcher(data, processor), Batcher(val, processor)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, config.warmup_steps, config.steps)
     gen = np.random.default_rng(config.seed)
     weights = np.where(data.first, config.first_frame_weight, 1.0)
     weights = weights / weights.sum()
-    history: list[dict[str, float]] = []
-    step, t_spent = 0, 0.0
-    if resume:
-        state = torch.load(last / STATE_FILE, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.bit_generator.state = json.loads(state["rng"])
-        step, t_spent = int(state["step"]), float(state["seconds"])
-        history = json.loads(state["history"])
+    step, t_spent, history = _restore(last, opt, sched, gen) if resume else (0, 0.0, [])
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
     t0 = time.perf_counter() - t_spent
     if step == 0:
@@ -337,6 +312,41 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     }
     (out / "training_log.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def _model(
+    config: TrainConfig, ds: DemoDataset, data: Tensors, last: Path | None
+) -> tuple[VLAForActionPrediction, VLAProcessor]:
+    """The model and processor: loaded from ``last`` when resuming, else built fresh."""
+    if last is not None:
+        policy = VLAPolicy.from_pretrained(last)
+        return policy.model.train(), policy.processor
+    processor = build_processor(ds, data)
+    model = VLAForActionPrediction(
+        VLAConfig(
+            vocab_size=processor.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            intermediate_size=config.intermediate_size,
+            image_size=processor.image_size[0],
+            image_tokens_side=config.image_tokens_side,
+            state_dim=processor.state_dim,
+            max_instruction_tokens=processor.max_instruction_tokens,
+        )
+    )
+    return model.train(), processor
+
+
+def _restore(
+    last: Path, opt: torch.optim.Optimizer, sched: Any, gen: np.random.Generator
+) -> tuple[int, float, list[dict[str, float]]]:
+    """Load optimizer, schedule and sampler state; return (step, seconds so far, history)."""
+    state = torch.load(last / STATE_FILE, weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.bit_generator.state = json.loads(state["rng"])
+    return int(state["step"]), float(state["seconds"]), json.loads(state["history"])
 
 
 def _save_last(
