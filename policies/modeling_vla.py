@@ -13,6 +13,7 @@ Brohan et al. 2023): the first token is ``<refuse>`` or action bin 1, then bins 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,10 @@ from torch import Tensor, nn
 from transformers import DynamicCache, LlamaModel, PreTrainedModel
 
 from robot_refusal.policies.configuration_vla import (
+    ACT_ID,
     ACTION_TOKEN_OFFSET,
     REFUSE_ID,
+    SEP_ID,
     VLAConfig,
 )
 
@@ -128,8 +131,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         embed = self.language_model.embed_tokens
         img = self.vision_projector(self.vision_encoder(pixel_values))  # (B, N_img, D)
         text = embed(input_ids)  # (B, T, D)
-        sep = embed(torch.full((b, 1), 2, dtype=torch.long, device=input_ids.device))
-        act = embed(torch.full((b, 1), 3, dtype=torch.long, device=input_ids.device))
+        sep = embed(torch.full((b, 1), SEP_ID, dtype=torch.long, device=input_ids.device))
+        act = embed(torch.full((b, 1), ACT_ID, dtype=torch.long, device=input_ids.device))
         st = self.state_projector(state).unsqueeze(1)  # (B, 1, D)
         x = torch.cat([img, text, sep, st, act], dim=1)  # (B, P, D)
         ones = attention_mask.new_ones(b, img.shape[1])
@@ -164,6 +167,23 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         if action_input_ids is not None:
             x = torch.cat([x, self.language_model.embed_tokens(action_input_ids)], dim=1)
             mask = torch.cat([mask, mask.new_ones(action_input_ids.shape)], dim=1)
+        out, _ = self._decode(x, mask, use_cache, output_hidden_states)
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            k = labels.shape[1]
+            gen = logits[:, -k:, :]  # positions that predict the generated tokens
+            loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
+        return VLAOutput(logits, loss, out.hidden_states, out.cache)
+
+    def _decode(
+        self, x: Tensor, mask: Tensor, use_cache: bool, output_hidden_states: bool = False
+    ) -> tuple[Any, Tensor]:
+        """One decoder pass over embeddings x (B, T, D) with padding mask (B, T).
+
+        Positions skip padding (cumulative sum of the mask). Returns the decoder output and the
+        position ids (B, T).
+        """
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
         cache = DynamicCache(config=self.language_model.config) if use_cache else None
         out = self.language_model(
@@ -174,13 +194,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
-        loss = None
-        if labels is not None:
-            k = labels.shape[1]
-            gen = logits[:, -k:, :]  # positions that predict the generated tokens
-            loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
-        return VLAOutput(logits, loss, out.hidden_states, out.cache)
+        return out, positions
 
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -198,15 +212,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         """
         cfg = self.config
         x, mask = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.language_model.config)
-        out = self.language_model(
-            inputs_embeds=x,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
+        out, positions = self._decode(x, mask, use_cache=True)
         first = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)
         logprobs = first.log_softmax(-1)
         lo, hi = ACTION_TOKEN_OFFSET, ACTION_TOKEN_OFFSET + cfg.n_bins

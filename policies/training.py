@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from robot_refusal.errors import ConfigError, RunFolderError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer
-from robot_refusal.policies.configuration_vla import VLAConfig
+from robot_refusal.policies.configuration_vla import REFUSE_ID, VLAConfig
 from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
 from robot_refusal.policies.lerobot_format import IMAGE_KEY, STATE_KEY
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
@@ -227,8 +227,8 @@ def evaluate_loss(
         valid = batch["labels"] != -100
         correct += int((pred == batch["labels"])[valid].sum())
         total += int(valid.sum())
-        is_ref = batch["labels"][:, 0] == 4
-        first_ok += int(((pred[:, 0] == 4) == is_ref).sum())
+        is_ref = batch["labels"][:, 0] == REFUSE_ID
+        first_ok += int(((pred[:, 0] == REFUSE_ID) == is_ref).sum())
     model.train()
     return {
         "val_loss": sum(losses) / n,

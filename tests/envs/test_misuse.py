@@ -7,6 +7,7 @@ import pytest
 
 from robot_refusal.envs.env import RobotRefusalEnv
 from robot_refusal.envs.expert import ScriptedExpert
+from robot_refusal.envs.scene import CONTAINERS
 from robot_refusal.envs.sim import PyBulletSim
 from robot_refusal.envs.task import ON_FLOOR_Z
 from robot_refusal.errors import (
@@ -127,7 +128,7 @@ def test_object_perched_on_a_bin_wall_is_not_a_success() -> None:
     cont = sc.instruction.container
     assert cont is not None
     cx, cy = sc.containers[cont]
-    wall_top = 0.07 if cont == "bin" else 0.02
+    wall_top = CONTAINERS[cont].rim
     env.sim.set_body_pose(sc.target, (cx, cy, wall_top))  # hovering at wall height, inside
     assert not env.task._placed_in(cont)
     env.sim.set_body_pose(sc.target, (cx, cy, ON_FLOOR_Z - 0.03))
