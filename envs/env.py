@@ -26,8 +26,11 @@ key          space                       meaning
 Control runs at 10 Hz over 240 Hz physics. Per step ``info`` carries the Safety-Gymnasium cost
 parts ``cost_<name>``, ``cost_sum`` and ``cost`` (see :mod:`robot_refusal.envs.task`), and the
 outcome keys ``is_success``, ``refused``, ``unsafe_outcome``, ``label``, ``category``,
-``family``, ``task``. An episode terminates on success, on an unsafe outcome or on refusal and is
-truncated after the suite's ``max_steps``.
+``family``, ``task``, and ``keypoints_uv``: privileged image coordinates of the target object,
+the destination and the person's hand (see :meth:`RobotRefusalEnv.keypoints_uv`), recorded in
+demonstrations as auxiliary training labels; a policy never receives them. An episode
+terminates on success, on an unsafe outcome or on refusal and is truncated after the suite's
+``max_steps``.
 """
 
 from __future__ import annotations
@@ -354,6 +357,28 @@ class RobotRefusalEnv(gym.Env):
             obs["image"] = self.sim.render(w, h, CAMERA_EYE, CAMERA_TARGET)
         return obs
 
+    def keypoints_uv(self) -> np.ndarray:
+        """Privileged image coordinates (3, 2) of task points, for auxiliary supervision.
+
+        Rows: the target object's grasp point (its current pose), the destination (centre of
+        the named container on its floor, or the person's handover point) and the person's
+        hand. Coordinates as :meth:`PyBulletSim.project` for the observation camera: x right, y
+        down, -1 and +1 at the centres of the edge pixels. Read from the simulator: only
+        training labels and evaluation use them, never the policy.
+        """
+        sc = self.scenario
+        assert sc is not None
+        spec = OBJECTS[sc.target]
+        target = self.sim.transform_point(sc.target, spec.grasp_point)
+        if sc.instruction.container is not None:
+            dest = np.array([*sc.containers[sc.instruction.container], 0.02])
+        else:
+            dest = sc.person.handover_point()
+        hand = np.array([*sc.person.hand_xy, 0.03])
+        h, w = self.image_size
+        uv = PyBulletSim.project(np.stack([target, dest, hand]), w, h, CAMERA_EYE, CAMERA_TARGET)
+        return uv.astype(np.float32)
+
     def _info(self, costs: dict[str, float]) -> dict[str, Any]:
         assert self.scenario is not None and self.task is not None
         sc = self.scenario
@@ -372,6 +397,7 @@ class RobotRefusalEnv(gym.Env):
             target=sc.target,
             steps=self._steps,
             ee_path_length=self._path,
+            keypoints_uv=self.keypoints_uv(),
         )
         return info
 

@@ -391,6 +391,31 @@ class PyBulletSim:
         p.removeState(state_id, physicsClientId=self.client)
 
     # -- camera --------------------------------------------------------------------------------
+    @staticmethod
+    def project(
+        points: np.ndarray,
+        width: int,
+        height: int,
+        eye: Sequence[float],
+        target: Sequence[float],
+        fov_deg: float = 55.0,
+    ) -> np.ndarray:
+        """Image coordinates (N, 2) of world points (N, 3) m, for the camera of :meth:`render`.
+
+        Columns are (x, y) normalised so that the centres of the first and last pixel columns
+        (rows) are -1 and +1; y grows downward (image rows). Points behind the camera get NaN.
+        """
+        view = np.asarray(p.computeViewMatrix(list(eye), list(target), [0, 0, 1])).reshape(4, 4).T
+        proj = p.computeProjectionMatrixFOV(fov_deg, width / height, 0.05, 4.0)
+        proj_m = np.asarray(proj).reshape(4, 4).T  # PyBullet matrices are column-major
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        clip = (proj_m @ view @ np.c_[pts, np.ones(len(pts))].T).T  # (N, 4)
+        w = np.where(clip[:, 3] > 1e-9, clip[:, 3], np.nan)
+        ndc = clip[:, :2] / w[:, None]  # (N, 2) in [-1, 1] at the image edges
+        col = (ndc[:, 0] + 1) / 2 * width - 0.5  # pixel-centre coordinates
+        row = (1 - ndc[:, 1]) / 2 * height - 0.5
+        return np.stack([col / (width - 1) * 2 - 1, row / (height - 1) * 2 - 1], axis=1)
+
     def render(
         self,
         width: int,

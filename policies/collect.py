@@ -51,6 +51,7 @@ from robot_refusal.policies.lerobot_format import (
     FPS,
     IMAGE_KEY,
     INFO_PATH,
+    KEYPOINTS_KEY,
     STATE_KEY,
     STATS_PATH,
     TASKS_PATH,
@@ -133,7 +134,9 @@ class EpisodeRecorder:
 
     Per step it keeps the observation before the step (state (8,) float32, image (H, W, 3)
     uint8), the action as the env applies it (delta clipped to ±0.05 m, gripper, refuse), the
-    step's cost parts and outcome flags, and the agent's ``cautious`` flag.
+    step's cost parts and outcome flags, the agent's ``cautious`` flag, and the privileged
+    keypoint labels of the observation (``info_before["keypoints_uv"]``, (3, 2)) that training
+    uses as an auxiliary target.
     """
 
     def __init__(self) -> None:
@@ -142,9 +145,15 @@ class EpisodeRecorder:
         self.actions: list[NDArray[np.float32]] = []
         self.infos: list[dict[str, Any]] = []
         self.cautious: list[bool] = []
+        self.keypoints: list[NDArray[np.float32]] = []
 
     def __call__(
-        self, obs: dict[str, Any], action: dict[str, Any], info: dict[str, Any], agent: Agent
+        self,
+        obs: dict[str, Any],
+        info_before: dict[str, Any],
+        action: dict[str, Any],
+        info: dict[str, Any],
+        agent: Agent,
     ) -> None:
         """Record one step: ``obs`` is the observation the action was chosen from."""
         delta, gripper, refuse = validate_action(getattr(agent, "label_action", None) or action)
@@ -153,6 +162,8 @@ class EpisodeRecorder:
         self.actions.append(np.array([*delta, gripper, float(refuse)], dtype=np.float32))
         self.infos.append(info)
         self.cautious.append(bool(getattr(agent, "cautious", False)))
+        kp = np.asarray(info_before["keypoints_uv"], dtype=np.float32).reshape(-1)
+        self.keypoints.append(np.nan_to_num(kp, nan=0.0, posinf=0.0, neginf=0.0))
 
     def table(self) -> pa.Table:
         """The staged frames: every data column except the indices, plus :data:`IMAGE_COLUMN`."""
@@ -163,6 +174,7 @@ class EpisodeRecorder:
         columns: dict[str, pa.Array] = {
             STATE_KEY: _fixed_list(np.stack(self.states)),
             "action": _fixed_list(np.stack(self.actions)),
+            KEYPOINTS_KEY: _fixed_list(np.stack(self.keypoints)),
             "timestamp": pa.array((np.arange(n) / FPS).astype(np.float32)),
             "frame_index": pa.array(np.arange(n, dtype=np.int64)),
             "next.reward": pa.array(np.asarray(col["is_success"], dtype=np.float32)),

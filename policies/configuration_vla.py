@@ -31,7 +31,10 @@ class VLAConfig(PretrainedConfig):
         intermediate_size: MLP width.
         image_size: Input image side (pixels).
         vision_channels: Channels of the three stride-2 conv layers.
-        image_tokens_side: Image tokens per side (adaptive pooling), tokens = side**2.
+        image_tokens_side: Pooled feature tokens per side (adaptive pooling); the image gives
+            side**2 of them plus one keypoint token.
+        num_keypoints: Spatial-softmax keypoints (heatmaps) of the vision encoder.
+        film_dim: Width of the instruction embedding that conditions the encoder (FiLM).
         state_dim: Proprioceptive state size (8).
         action_dim: Action tokens per step (4: delta xyz, gripper).
         n_bins: Bins per action dimension.
@@ -51,6 +54,8 @@ class VLAConfig(PretrainedConfig):
         image_size: int = 64,
         vision_channels: tuple[int, int, int] | list[int] = (32, 64, 96),
         image_tokens_side: int = 4,
+        num_keypoints: int = 16,
+        film_dim: int = 64,
         state_dim: int = 8,
         action_dim: int = 4,
         n_bins: int = 256,
@@ -67,6 +72,8 @@ class VLAConfig(PretrainedConfig):
         self.image_size = image_size
         self.vision_channels = list(vision_channels)
         self.image_tokens_side = image_tokens_side
+        self.num_keypoints = num_keypoints
+        self.film_dim = film_dim
         self.state_dim = state_dim
         self.action_dim = action_dim
         self.n_bins = n_bins
@@ -79,8 +86,8 @@ class VLAConfig(PretrainedConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens per observation."""
-        return self.image_tokens_side**2
+        """Image tokens per observation: pooled feature tokens and the keypoint token."""
+        return self.image_tokens_side**2 + 1
 
     @property
     def prefix_length(self) -> int:

@@ -66,6 +66,10 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 IMAGE_KEY = "observation.images.scene"
 STATE_KEY = "observation.state"
+KEYPOINTS_KEY = "annotation.keypoints_uv"
+"""Privileged image coordinates of target, destination and hand (auxiliary labels, not an
+observation: LeRobot policies feed only ``observation.*`` keys)."""
+KEYPOINT_NAMES = ("target_x", "target_y", "destination_x", "destination_y", "hand_x", "hand_y")
 ACTION_NAMES = ("delta_x", "delta_y", "delta_z", "gripper", "refuse")
 """``action`` columns: end-effector displacement (m per step), gripper command, refuse flag."""
 VIDEO_CODEC = "libx264"
@@ -127,6 +131,11 @@ def build_features(image_size: tuple[int, int]) -> dict[str, dict[str, Any]]:
             "info": video_info,
         },
         "action": {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)},
+        KEYPOINTS_KEY: {
+            "dtype": "float32",
+            "shape": [len(KEYPOINT_NAMES)],
+            "names": list(KEYPOINT_NAMES),
+        },
     }
     for name, dtype in SCALAR_FEATURES:
         features[name] = {"dtype": dtype, "shape": [1], "names": [name]}

@@ -1,10 +1,12 @@
-"""The small VLA: conv vision encoder -> projector -> image tokens; state projector -> state
+"""The small VLA: an instruction-conditioned (FiLM) conv vision encoder -> projectors -> image
+tokens (pooled feature tokens and one spatial-softmax keypoint token); state projector -> state
 token; a stock ``transformers.LlamaModel`` decoder; a language-model head over words, special
 tokens, 256 action-bin tokens and ``<refuse>``.
 
 Residual-stream writers (for directions and weight orthogonalization): the decoder's token
-embedding ``language_model.embed_tokens``, ``vision_projector``, ``state_projector``, and in every
-block ``self_attn.o_proj`` and ``mlp.down_proj``. The head ``lm_head`` is not tied.
+embedding ``language_model.embed_tokens``, ``vision_projector``, ``keypoint_projector``,
+``state_projector``, and in every block ``self_attn.o_proj`` and ``mlp.down_proj``. The head
+``lm_head`` is not tied.
 
 Actions are generated token by token with a KV cache, as in OpenVLA and RT-2 (Kim et al. 2024;
 Brohan et al. 2023): the first token is ``<refuse>`` or action bin 1, then bins 2..4.
@@ -30,34 +32,52 @@ from robot_refusal.policies.configuration_vla import (
 
 
 class ConvVisionEncoder(nn.Module):
-    """Three stride-2 conv layers with coordinate channels, pooled to ``side x side`` tokens.
+    """Instruction-conditioned conv encoder: FiLM layers and spatial-softmax keypoints.
 
-    Input (B, 3, H, W) normalised RGB; output (B, side*side, C) in raster order.
+    Three conv layers (stride 2, 2, 1) over RGB plus two coordinate channels; the second and
+    third are modulated by FiLM (Perez et al. 2018) from an instruction embedding, as in RT-1's
+    FiLM-conditioned image encoder (Brohan et al. 2023, section 4). A 1x1 conv turns the last
+    feature map into ``num_keypoints`` heatmaps whose spatial softmax gives expected image
+    coordinates (Levine et al. 2016, "End-to-end training of deep visuomotor policies",
+    section 4.2).
+
+    Input (B, 3, H, W) normalised RGB and (B, film_dim) condition; output pooled feature tokens
+    (B, side*side, C) in raster order and keypoints (B, K, 2) as (x, y) in [-1, 1].
     """
 
     def __init__(self, config: VLAConfig) -> None:
         super().__init__()
         c1, c2, c3 = config.vision_channels
-        self.convs = nn.Sequential(
-            nn.Conv2d(5, c1, 5, stride=2, padding=2),
-            nn.GELU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1),
-            nn.GELU(),
-        )
+        self.conv1 = nn.Conv2d(5, c1, 5, stride=2, padding=2)
+        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, stride=1, padding=1)
+        self.film = nn.Linear(config.film_dim, 2 * (c2 + c3))
+        self.keypoint_heads = nn.Conv2d(c3, config.num_keypoints, 1)
         self.pool = nn.AdaptiveAvgPool2d(config.image_tokens_side)
         self.out_channels = c3
+        self._split = (c2, c2, c3, c3)
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, side**2, C)."""
+    @staticmethod
+    def _grid(h: int, w: int, like: Tensor) -> Tensor:
+        """(2, h, w) coordinate channels (y, x) in [-1, 1]."""
+        ys = torch.linspace(-1, 1, h, dtype=like.dtype, device=like.device)
+        xs = torch.linspace(-1, 1, w, dtype=like.dtype, device=like.device)
+        return torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
+
+    def forward(self, pixel_values: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, H, W), (B, film_dim) -> tokens (B, side**2, C), keypoints (B, K, 2)."""
         b, _, h, w = pixel_values.shape
-        ys = torch.linspace(-1, 1, h, dtype=pixel_values.dtype, device=pixel_values.device)
-        xs = torch.linspace(-1, 1, w, dtype=pixel_values.dtype, device=pixel_values.device)
-        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, H, W)
+        grid = self._grid(h, w, pixel_values)
         x = torch.cat([pixel_values, grid.expand(b, -1, -1, -1)], dim=1)  # (B, 5, H, W)
-        x = self.pool(self.convs(x))  # (B, C, side, side)
-        return x.flatten(2).transpose(1, 2)  # (B, side*side, C)
+        g2, b2, g3, b3 = (t[:, :, None, None] for t in self.film(condition).split(self._split, -1))
+        x = F.gelu(self.conv1(x))
+        x = F.gelu(self.conv2(x) * (1 + g2) + b2)
+        x = F.gelu(self.conv3(x) * (1 + g3) + b3)  # (B, C, h', w')
+        heat = self.keypoint_heads(x).flatten(2).softmax(-1)  # (B, K, h'*w')
+        fy, fx = self._grid(x.shape[2], x.shape[3], x).flatten(1)  # (h'*w',) each
+        keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
+        tokens = self.pool(x).flatten(2).transpose(1, 2)  # (B, side*side, C)
+        return tokens, keypoints
 
 
 @dataclass
@@ -69,12 +89,14 @@ class VLAOutput:
         loss: Mean cross-entropy over labelled generated positions, or None.
         hidden_states: Residual stream per layer (tuple of L+1 (B, T, D)) when asked.
         past_key_values: The KV cache when ``use_cache``.
+        keypoints: (B, K, 2) spatial-softmax keypoints of the vision encoder, (x, y) in [-1, 1].
     """
 
     logits: Tensor
     loss: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
     past_key_values: DynamicCache | None = None
+    keypoints: Tensor | None = None
 
 
 class VLAPreTrainedModel(PreTrainedModel):
@@ -107,8 +129,10 @@ class VLAForActionPrediction(VLAPreTrainedModel):
     def __init__(self, config: VLAConfig) -> None:
         super().__init__(config)
         d = config.hidden_size
+        self.instruction_embedding = nn.Embedding(config.vocab_size, config.film_dim)
         self.vision_encoder = ConvVisionEncoder(config)
         self.vision_projector = nn.Linear(self.vision_encoder.out_channels, d)
+        self.keypoint_projector = nn.Linear(2 * config.num_keypoints, d)
         self.state_projector = nn.Linear(config.state_dim, d)
         self.language_model = LlamaModel(config.decoder_config())
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
@@ -117,8 +141,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
     # -- embeddings --------------------------------------------------------------------------
     def embed_prefix(
         self, pixel_values: Tensor, input_ids: Tensor, state: Tensor, attention_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Prefix embeddings (B, P, D) and its attention mask (B, P).
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Prefix embeddings (B, P, D), its attention mask (B, P) and the keypoints (B, K, 2).
 
         Args:
             pixel_values: (B, 3, H, W) normalised image.
@@ -129,7 +153,14 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         """
         b = pixel_values.shape[0]
         embed = self.language_model.embed_tokens
-        img = self.vision_projector(self.vision_encoder(pixel_values))  # (B, N_img, D)
+        words = attention_mask.unsqueeze(-1).to(pixel_values.dtype)  # (B, T, 1)
+        bag = (self.instruction_embedding(input_ids) * words).sum(1)
+        condition = bag / words.sum(1).clamp(min=1.0)  # (B, film_dim) mean word embedding
+        feats, keypoints = self.vision_encoder(pixel_values, condition)
+        img = torch.cat(
+            [self.vision_projector(feats), self.keypoint_projector(keypoints.flatten(1))[:, None]],
+            dim=1,
+        )  # (B, N_img, D): pooled feature tokens, then the keypoint token
         text = embed(input_ids)  # (B, T, D)
         sep = embed(torch.full((b, 1), SEP_ID, dtype=torch.long, device=input_ids.device))
         act = embed(torch.full((b, 1), ACT_ID, dtype=torch.long, device=input_ids.device))
@@ -137,7 +168,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         x = torch.cat([img, text, sep, st, act], dim=1)  # (B, P, D)
         ones = attention_mask.new_ones(b, img.shape[1])
         mask = torch.cat([ones, attention_mask, attention_mask.new_ones(b, 3)], dim=1)
-        return x, mask
+        return x, mask, keypoints
 
     def forward(
         self,
@@ -163,7 +194,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         Returns:
             :class:`VLAOutput` with logits (B, P+K, V).
         """
-        x, mask = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        x, mask, keypoints = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
         if action_input_ids is not None:
             x = torch.cat([x, self.language_model.embed_tokens(action_input_ids)], dim=1)
             mask = torch.cat([mask, mask.new_ones(action_input_ids.shape)], dim=1)
@@ -174,7 +205,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             k = labels.shape[1]
             gen = logits[:, -k:, :]  # positions that predict the generated tokens
             loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
-        return VLAOutput(logits, loss, out.hidden_states, out.cache)
+        return VLAOutput(logits, loss, out.hidden_states, out.cache, keypoints)
 
     def _decode(
         self, x: Tensor, mask: Tensor, use_cache: bool, output_hidden_states: bool = False
@@ -211,7 +242,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             first-position log-probabilities (B, V) in float32).
         """
         cfg = self.config
-        x, mask = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        x, mask, _ = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
         out, positions = self._decode(x, mask, use_cache=True)
         first = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)
         logprobs = first.log_softmax(-1)

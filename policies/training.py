@@ -26,7 +26,7 @@ from robot_refusal.errors import ConfigError, RunFolderError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer
 from robot_refusal.policies.configuration_vla import REFUSE_ID, VLAConfig
 from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
-from robot_refusal.policies.lerobot_format import IMAGE_KEY, STATE_KEY
+from robot_refusal.policies.lerobot_format import IMAGE_KEY, KEYPOINTS_KEY, STATE_KEY
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.processing_vla import Normalization, VLAProcessor, build_tokenizer
@@ -54,6 +54,10 @@ class TrainConfig:
         hidden_size, num_layers, num_heads, intermediate_size: Decoder size.
         image_tokens_side: Image tokens per side.
         first_frame_weight: Sampling weight of each episode's first frame (others: 1).
+        keypoint_weight: Weight of the auxiliary keypoint loss: the first three spatial-softmax
+            keypoints regress the privileged image coordinates of the target object, the
+            destination and the person's hand (mean squared error in [-1, 1] units), when the
+            dataset has them. Training-time supervision only; 0 turns it off.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -71,8 +75,9 @@ class TrainConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    image_tokens_side: int = 6
+    image_tokens_side: int = 4
     first_frame_weight: float = 8.0
+    keypoint_weight: float = 5.0
     eval_every: int = 500
     threads: int = 2
 
@@ -94,6 +99,8 @@ class TrainConfig:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.keypoint_weight >= 0:
+            raise ConfigError(f"keypoint_weight must be >= 0, got {self.keypoint_weight}")
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Tensors:
         refuse: (N,) bool.
         first: (N,) bool, first frame of its episode.
         episode: (N,) int64 episode index.
+        keypoints: (N, 3, 2) float32 privileged keypoint labels, or None if not recorded.
     """
 
     images: np.ndarray
@@ -119,6 +127,7 @@ class Tensors:
     refuse: np.ndarray
     first: np.ndarray
     episode: np.ndarray
+    keypoints: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> Tensors:
         """The frames where ``mask`` (N,) is True."""
@@ -131,6 +140,7 @@ class Tensors:
             self.refuse[mask],
             self.first[mask],
             self.episode[mask],
+            None if self.keypoints is None else self.keypoints[mask],
         )
 
 
@@ -155,6 +165,9 @@ def load_tensors(ds: DemoDataset) -> Tensors:
             rows = np.searchsorted(index, np.arange(lo, hi))
             frames[rows] = video[start : start + (hi - lo)]
     action = ds.array("action").astype(np.float32)  # (N, 5)
+    keypoints = None
+    if KEYPOINTS_KEY in ds.info["features"]:
+        keypoints = ds.array(KEYPOINTS_KEY).astype(np.float32).reshape(-1, 3, 2)
     return Tensors(
         images=frames,
         states=ds.array(STATE_KEY).astype(np.float32),
@@ -164,6 +177,7 @@ def load_tensors(ds: DemoDataset) -> Tensors:
         refuse=action[:, 4] > 0.5,
         first=ds.array("frame_index") == 0,
         episode=ds.array("episode_index").astype(np.int64),
+        keypoints=keypoints,
     )
 
 
@@ -199,7 +213,7 @@ class Batcher:
         d, p = self.data, self.processor
         labels = self.labels[idx]
         fed = labels[:, :-1].clamp(min=0)  # ignored positions get a harmless id
-        return {
+        batch = {
             "pixel_values": p.preprocess_images(d.images[idx]),
             "input_ids": self.ids[idx],
             "attention_mask": self.mask[idx],
@@ -207,20 +221,46 @@ class Batcher:
             "action_input_ids": fed,
             "labels": labels,
         }
+        if d.keypoints is not None:
+            batch["keypoint_labels"] = torch.from_numpy(d.keypoints[idx])
+        return batch
+
+
+def training_loss(
+    model: VLAForActionPrediction, batch: dict[str, torch.Tensor], keypoint_weight: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Action-token cross-entropy plus the weighted auxiliary keypoint loss.
+
+    Returns:
+        (total loss, keypoint mean squared error or None when the batch has no labels).
+    """
+    inputs = {k: v for k, v in batch.items() if k != "keypoint_labels"}
+    out = model(**inputs)
+    assert out.loss is not None and out.keypoints is not None
+    target = batch.get("keypoint_labels")
+    if target is None or keypoint_weight == 0:
+        return out.loss, None
+    mse = ((out.keypoints[:, : target.shape[1]] - target) ** 2).mean()
+    return out.loss + keypoint_weight * mse, mse
 
 
 @torch.no_grad()
 def evaluate_loss(
     model: VLAForActionPrediction, batcher: Batcher, batch_size: int = 256
 ) -> dict[str, float]:
-    """Mean validation loss, action-token accuracy and first-token (refuse/act) accuracy."""
+    """Mean validation loss, action-token accuracy, first-token (refuse/act) accuracy and, when
+    the data has keypoint labels, the keypoint mean squared error."""
     model.eval()
     n = len(batcher.data.states)
     losses, correct, total, first_ok = [], 0, 0, 0
+    kp_err: list[float] = []
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
         batch = batcher(idx)
+        kp_labels = batch.pop("keypoint_labels", None)
         out = model(**batch)
+        if kp_labels is not None and out.keypoints is not None:
+            kp_err.append(float(((out.keypoints[:, :3] - kp_labels) ** 2).mean()) * len(idx))
         losses.append(float(out.loss) * len(idx))
         k = batch["labels"].shape[1]
         pred = out.logits[:, -k:].argmax(-1)
@@ -230,11 +270,14 @@ def evaluate_loss(
         is_ref = batch["labels"][:, 0] == REFUSE_ID
         first_ok += int(((pred[:, 0] == REFUSE_ID) == is_ref).sum())
     model.train()
-    return {
+    metrics = {
         "val_loss": sum(losses) / n,
         "val_token_acc": correct / max(total, 1),
         "val_refuse_acc": first_ok / n,
     }
+    if kp_err:
+        metrics["val_keypoint_mse"] = sum(kp_err) / n
+    return metrics
 
 
 def _split(data: Tensors, val: Tensors | None) -> tuple[Tensors, Tensors]:
@@ -279,9 +322,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         history.append({"step": 0, **evaluate_loss(model, val_b), "seconds": 0.0})
     while step < config.steps:
         idx = gen.choice(len(weights), size=config.batch_size, p=weights)
-        loss = model(**train_b(idx)).loss
+        loss, _ = training_loss(model, train_b(idx), config.keypoint_weight)
         opt.zero_grad(set_to_none=True)
-        assert loss is not None
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -121,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         hidden_size=args.hidden_size,
         image_tokens_side=args.image_tokens_side,
         num_layers=args.layers,
+        keypoint_weight=args.keypoint_weight,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -178,7 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--hidden-size", type=_positive, default=128, help="decoder width")
     p.add_argument("--layers", type=_positive, default=4, help="decoder blocks")
-    p.add_argument("--image-tokens-side", type=_positive, default=6, help="image tokens per side")
+    p.add_argument(
+        "--image-tokens-side", type=_positive, default=4, help="pooled image tokens per side"
+    )
+    p.add_argument(
+        "--keypoint-weight",
+        type=float,
+        default=5.0,
+        help="weight of the auxiliary keypoint loss (privileged labels; 0: off)",
+    )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last")

@@ -26,7 +26,8 @@ from robot_refusal.errors import ConfigError, UnknownNameError
 from robot_refusal.metrics import summarize
 from robot_refusal.runs import SUMMARY, RunFolder
 
-StepHook = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], Agent], None]
+StepHook = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], Agent], None]
+"""``(obs_before, info_before, action, info, agent)``: called after every step."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def run_episode(
         agent: The policy.
         spec: Which episode.
         condition: Condition name stored in the record.
-        on_step: Called after every step with ``(obs_before, action, info, agent)``.
+        on_step: Called after every step with ``(obs_before, info_before, action, info,
+            agent)``; ``info_before`` is the info returned with ``obs_before``.
 
     Returns:
         The record: ids, instruction, outcome flags, summed costs, steps, path length.
@@ -112,12 +114,12 @@ def run_episode(
         if first_score is None:
             first_score = getattr(agent, "refusal_score", None)
         cautious += int(bool(getattr(agent, "cautious", False)))
-        prev = obs
+        prev, prev_info = obs, info
         obs, _, terminated, truncated, info = env.step(action)
         for k in COST_NAMES:
             totals[k] += float(info[f"cost_{k}"])
         if on_step is not None:
-            on_step(prev, action, info, agent)
+            on_step(prev, prev_info, action, info, agent)
     return {
         "episode_id": spec.episode_id,
         "condition": condition,

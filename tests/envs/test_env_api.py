@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import robot_refusal.envs as E
 from robot_refusal.envs.env import MAX_DELTA, RobotRefusalEnv, validate_action
 from robot_refusal.envs.expert import ScriptedExpert
+from robot_refusal.envs.scene import OBJECTS
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import InvalidActionError, UnknownNameError
 
@@ -200,3 +201,28 @@ def test_gym_make_in_a_fresh_interpreter() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "(64, 64, 3) keepout" in out.stdout
+
+
+def test_keypoint_labels_project_onto_the_objects_in_the_image() -> None:
+    """info["keypoints_uv"][0] lands on the target's pixels (colour of a cube), [2] on the hand."""
+    env = RobotRefusalEnv("pick_place", split="train", image_size=(128, 128))
+    checked = 0
+    try:
+        for seed in range(40):
+            obs, info = env.reset(seed=seed, options={"label": "harmless"})
+            uv = info["keypoints_uv"]
+            assert uv.shape == (3, 2) and uv.dtype == np.float32
+            assert np.all(np.abs(uv) <= 1.0)
+            target = info["target"]
+            if not target.endswith("_cube"):
+                continue
+            rgba = np.array(OBJECTS[target].shapes[0].rgba[:3]) * 255
+            col, row = np.round((uv[0] + 1) / 2 * 127).astype(int)
+            patch = obs["image"][row - 1 : row + 2, col - 1 : col + 2].reshape(-1, 3)
+            assert np.abs(patch.astype(float) - rgba).max(axis=1).min() < 60, (seed, target)
+            checked += 1
+            if checked == 3:
+                break
+    finally:
+        env.close()
+    assert checked == 3

@@ -211,7 +211,7 @@ def test_video_frames_match_env_images(ds: DemoDataset) -> None:
     images, states = [], []
     try:
 
-        def hook(obs: dict, action: dict, info: dict, agent: object) -> None:
+        def hook(obs: dict, info0: dict, action: dict, info: dict, agent: object) -> None:
             images.append(obs["image"])
             states.append(obs["state"])
 
