@@ -27,10 +27,10 @@ Control runs at 10 Hz over 240 Hz physics. Per step ``info`` carries the Safety-
 parts ``cost_<name>``, ``cost_sum`` and ``cost`` (see :mod:`robot_refusal.envs.task`), and the
 outcome keys ``is_success``, ``refused``, ``unsafe_outcome``, ``label``, ``category``,
 ``family``, ``task``, and ``keypoints_uv``: privileged image coordinates of the target object,
-the destination and the person's hand (see :meth:`RobotRefusalEnv.keypoints_uv`), recorded in
-demonstrations as auxiliary training labels; a policy never receives them. An episode
-terminates on success, on an unsafe outcome or on refusal and is truncated after the suite's
-``max_steps``.
+the destination, the person's hand and the gripper (see :meth:`RobotRefusalEnv.keypoints_uv`),
+recorded in demonstrations as auxiliary training labels; a policy never receives them. An
+episode terminates on success, on an unsafe outcome or on refusal and is truncated after the
+suite's ``max_steps``.
 """
 
 from __future__ import annotations
@@ -358,13 +358,14 @@ class RobotRefusalEnv(gym.Env):
         return obs
 
     def keypoints_uv(self) -> np.ndarray:
-        """Privileged image coordinates (3, 2) of task points, for auxiliary supervision.
+        """Privileged image coordinates (4, 2) of task points, for auxiliary supervision.
 
         Rows: the target object's grasp point (its current pose), the destination (centre of
-        the named container on its floor, or the person's handover point) and the person's
-        hand. Coordinates as :meth:`PyBulletSim.project` for the observation camera: x right, y
-        down, -1 and +1 at the centres of the edge pixels. Read from the simulator: only
-        training labels and evaluation use them, never the policy.
+        the named container on its floor, or the person's handover point), the person's hand
+        and the gripper's grasp centre. Coordinates as :meth:`PyBulletSim.project` for the
+        observation camera: x right, y down, -1 and +1 at the centres of the edge pixels.
+        Read from the simulator: only training labels and evaluation use them, never the
+        policy.
         """
         sc = self.scenario
         assert sc is not None
@@ -375,8 +376,10 @@ class RobotRefusalEnv(gym.Env):
         else:
             dest = sc.person.handover_point()
         hand = np.array([*sc.person.hand_xy, 0.03])
+        assert self.robot is not None
+        points = np.stack([target, dest, hand, self.robot.ee_position()])
         h, w = self.image_size
-        uv = PyBulletSim.project(np.stack([target, dest, hand]), w, h, CAMERA_EYE, CAMERA_TARGET)
+        uv = PyBulletSim.project(points, w, h, CAMERA_EYE, CAMERA_TARGET)
         return uv.astype(np.float32)
 
     def _info(self, costs: dict[str, float]) -> dict[str, Any]:

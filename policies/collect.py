@@ -135,7 +135,7 @@ class EpisodeRecorder:
     Per step it keeps the observation before the step (state (8,) float32, image (H, W, 3)
     uint8), the action as the env applies it (delta clipped to ±0.05 m, gripper, refuse), the
     step's cost parts and outcome flags, the agent's ``cautious`` flag, and the privileged
-    keypoint labels of the observation (``info_before["keypoints_uv"]``, (3, 2)) that training
+    keypoint labels of the observation (``info_before["keypoints_uv"]``, (4, 2)) that training
     uses as an auxiliary target.
     """
 

@@ -67,9 +67,12 @@ VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.m
 IMAGE_KEY = "observation.images.scene"
 STATE_KEY = "observation.state"
 KEYPOINTS_KEY = "annotation.keypoints_uv"
-"""Privileged image coordinates of target, destination and hand (auxiliary labels, not an
+"""Privileged image coordinates of target, destination, hand and gripper (auxiliary labels, not an
 observation: LeRobot policies feed only ``observation.*`` keys)."""
-KEYPOINT_NAMES = ("target_x", "target_y", "destination_x", "destination_y", "hand_x", "hand_y")
+KEYPOINT_NAMES = (
+    *("target_x", "target_y", "destination_x", "destination_y"),
+    *("hand_x", "hand_y", "gripper_x", "gripper_y"),
+)
 ACTION_NAMES = ("delta_x", "delta_y", "delta_z", "gripper", "refuse")
 """``action`` columns: end-effector displacement (m per step), gripper command, refuse flag."""
 VIDEO_CODEC = "libx264"

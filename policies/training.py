@@ -54,10 +54,10 @@ class TrainConfig:
         hidden_size, num_layers, num_heads, intermediate_size: Decoder size.
         image_tokens_side: Image tokens per side.
         first_frame_weight: Sampling weight of each episode's first frame (others: 1).
-        keypoint_weight: Weight of the auxiliary keypoint loss: the first three spatial-softmax
+        keypoint_weight: Weight of the auxiliary keypoint loss: the first spatial-softmax
             keypoints regress the privileged image coordinates of the target object, the
-            destination and the person's hand (mean squared error in [-1, 1] units), when the
-            dataset has them. Training-time supervision only; 0 turns it off.
+            destination, the person's hand and the gripper (mean squared error in [-1, 1]
+            units), when the dataset has them. Training-time supervision only; 0 turns it off.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -116,7 +116,7 @@ class Tensors:
         refuse: (N,) bool.
         first: (N,) bool, first frame of its episode.
         episode: (N,) int64 episode index.
-        keypoints: (N, 3, 2) float32 privileged keypoint labels, or None if not recorded.
+        keypoints: (N, P, 2) float32 privileged keypoint labels, or None if not recorded.
     """
 
     images: np.ndarray
@@ -167,7 +167,8 @@ def load_tensors(ds: DemoDataset) -> Tensors:
     action = ds.array("action").astype(np.float32)  # (N, 5)
     keypoints = None
     if KEYPOINTS_KEY in ds.info["features"]:
-        keypoints = ds.array(KEYPOINTS_KEY).astype(np.float32).reshape(-1, 3, 2)
+        keypoints = ds.array(KEYPOINTS_KEY).astype(np.float32)
+        keypoints = keypoints.reshape(len(keypoints), -1, 2)
     return Tensors(
         images=frames,
         states=ds.array(STATE_KEY).astype(np.float32),
@@ -260,7 +261,8 @@ def evaluate_loss(
         kp_labels = batch.pop("keypoint_labels", None)
         out = model(**batch)
         if kp_labels is not None and out.keypoints is not None:
-            kp_err.append(float(((out.keypoints[:, :3] - kp_labels) ** 2).mean()) * len(idx))
+            kp = out.keypoints[:, : kp_labels.shape[1]]
+            kp_err.append(float(((kp - kp_labels) ** 2).mean()) * len(idx))
         losses.append(float(out.loss) * len(idx))
         k = batch["labels"].shape[1]
         pred = out.logits[:, -k:].argmax(-1)

@@ -211,7 +211,7 @@ def test_keypoint_labels_project_onto_the_objects_in_the_image() -> None:
         for seed in range(40):
             obs, info = env.reset(seed=seed, options={"label": "harmless"})
             uv = info["keypoints_uv"]
-            assert uv.shape == (3, 2) and uv.dtype == np.float32
+            assert uv.shape == (4, 2) and uv.dtype == np.float32
             assert np.all(np.abs(uv) <= 1.0)
             target = info["target"]
             if not target.endswith("_cube"):
