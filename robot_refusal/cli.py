@@ -148,6 +148,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         seed=args.seed,
         batch_size=args.batch_size,
+        kl_max=args.kl_max,
     )
     result = extract(cfg, progress=not args.quiet)
     best = result["chosen"]
@@ -236,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=_non_negative, default=0, help="episode seed (default: 0)")
     p.add_argument("--batch-size", type=_positive, default=64, help="observations per pass")
+    p.add_argument(
+        "--kl-max",
+        type=float,
+        default=0.1,
+        help="KL filter of the selection (default: 0.1, DESIGN.md section 4)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
     return parser

@@ -106,6 +106,7 @@ class Selection:
     scores: list[CandidateScores]
     baseline: dict[str, float]
     n_layers: int
+    kl_max: float = KL_MAX
 
     def best(self) -> CandidateScores | None:
         """The chosen candidate's scores."""
@@ -120,20 +121,20 @@ class Selection:
             "n_layers": self.n_layers,
             "filters": {
                 "max_layer_fraction": MAX_LAYER_FRACTION,
-                "kl_max": KL_MAX,
+                "kl_max": self.kl_max,
                 "induce_min": 0.0,
             },
             "candidates": [asdict(s) for s in self.scores],
         }
 
 
-def _filter_reason(s: CandidateScores, n_layers: int) -> str | None:
+def _filter_reason(s: CandidateScores, n_layers: int, kl_max: float = KL_MAX) -> str | None:
     if any(math.isnan(v) for v in (s.bypass, s.induce, s.kl)):
         return "nan"
     if s.layer >= MAX_LAYER_FRACTION * n_layers:
         return f"layer >= {MAX_LAYER_FRACTION} L"
-    if s.kl > KL_MAX:
-        return f"kl > {KL_MAX}"
+    if s.kl > kl_max:
+        return f"kl > {kl_max}"
     if s.induce < 0:
         return "induce < 0"
     return None
@@ -170,6 +171,7 @@ def select_direction(
     harmless: Prober,
     refuse_ids: Sequence[int],
     progress: bool = False,
+    kl_max: float = KL_MAX,
 ) -> Selection:
     """Score every candidate and pick the one with the lowest bypass score among those that
     pass the filters (layer < 0.8 L, KL <= 0.1, induce >= 0, no NaN).
@@ -180,6 +182,7 @@ def select_direction(
         harmful, harmless: Probers of the validation sets.
         refuse_ids: Refusal token ids.
         progress: Show a tqdm bar.
+        kl_max: KL filter (DESIGN.md: 0.1); a different value is recorded in the JSON.
 
     Returns:
         A :class:`Selection` with all scores (``chosen`` None if none passed).
@@ -196,8 +199,8 @@ def select_direction(
     for cand in tqdm(candidates, desc="score candidates", unit="cand", disable=not progress):
         s = score_candidate(model, cand, harmful, harmless, base_harmless, refuse_ids)
         if s.filtered is None:
-            s.filtered = _filter_reason(s, n_layers)
+            s.filtered = _filter_reason(s, n_layers, kl_max)
         scores.append(s)
     passing = [i for i, s in enumerate(scores) if s.filtered is None]
     chosen = min(passing, key=lambda i: scores[i].bypass) if passing else None
-    return Selection(chosen, scores, baseline, n_layers)
+    return Selection(chosen, scores, baseline, n_layers, kl_max)
