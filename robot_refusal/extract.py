@@ -155,6 +155,7 @@ def plot_scores(path: Path, rows: Sequence[Mapping[str, Any]], metrics: Sequence
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -162,6 +163,9 @@ def plot_scores(path: Path, rows: Sequence[Mapping[str, Any]], metrics: Sequence
             pts = [(r["layer"], r[metric]) for r in rows if r["position"] == pos]
             ax.plot(*zip(*pts, strict=True), marker="o", label=f"position {pos}")
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if metric in ("bypass", "induce"):
+            ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
