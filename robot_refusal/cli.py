@@ -134,6 +134,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Extract a refusal or caution direction from a VLA checkpoint (difference-in-means
+    candidates, bypass/induce/KL selection); write the table, selection.json, a plot and the
+    direction."""
+    from robot_refusal.extract import ExtractConfig, extract
+
+    cfg = ExtractConfig(
+        policy=args.policy,
+        out=args.out,
+        kind=args.kind,
+        split=args.split,
+        episodes=args.episodes,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        kl_max=args.kl_max,
+    )
+    result = extract(cfg, progress=not args.quiet)
+    best = result["chosen"]
+    scores = ", ".join(
+        f"{k} {best[k]:.3f}" for k in ("bypass", "induce", "kl", "separation") if k in best
+    )
+    print(f"chosen layer {best['layer']}, position {best['position']}: {scores}")
+    print(f"wrote {args.out}/direction.safetensors, selection.json, candidates.csv, scores.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``robot-refusal``."""
     parser = argparse.ArgumentParser(
@@ -193,6 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <out>/last")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "extract", help="extract a refusal or caution direction", description=cmd_extract.__doc__
+    )
+    p.add_argument("--policy", required=True, help="checkpoint folder or shipped name")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--kind", choices=["refusal", "caution"], default="refusal", help="direction")
+    p.add_argument(
+        "--split", default="val", choices=["train", "val", "test"], help="split (default: val)"
+    )
+    p.add_argument(
+        "--episodes",
+        type=_positive,
+        default=8,
+        help="episodes per family and label, per set (default: 8)",
+    )
+    p.add_argument("--seed", type=_non_negative, default=0, help="episode seed (default: 0)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="observations per pass")
+    p.add_argument(
+        "--kl-max",
+        type=float,
+        default=0.1,
+        help="KL filter of the selection (default: 0.1, DESIGN.md section 4)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
     return parser
 
 

@@ -76,3 +76,18 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest of ``valid`` to ``name``, else ``""``."""
     close = difflib.get_close_matches(name, list(valid), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class UnsupportedModelError(RobotRefusalError, TypeError):
+    """A model whose residual-stream writers the toolkit cannot locate or must not edit: an
+    unregistered architecture, post-sublayer norms (Gemma2/Gemma3), fused MoE experts, or a
+    registered family whose modules are not where its adapter expects them."""
+
+
+class DirectionError(RobotRefusalError, ValueError):
+    """A direction or subspace that does not fit: its width differs from the model's, it is
+    zero or not orthonormal, or its file is missing, corrupt or of another format."""
+
+
+class SelectionError(RobotRefusalError):
+    """No candidate direction passed the selection filters (DESIGN.md section 4)."""
