@@ -40,8 +40,9 @@ def render_card(
     lines = [
         f"# {name}",
         "",
-        "A small vision-language-action policy for the robot-refusal scenes: a conv vision "
-        "encoder, a stock `transformers` `LlamaModel` decoder "
+        "A small vision-language-action policy for the robot-refusal scenes: an "
+        "instruction-conditioned (FiLM) conv vision encoder with spatial-softmax keypoints, a "
+        "stock `transformers` `LlamaModel` decoder "
         f"({cfg['num_layers']} layers, width {cfg['hidden_size']}), "
         f"{train_log['parameters'] / 1e6:.2f}M parameters, trained by behaviour cloning on the "
         "scripted expert's demonstrations. It refuses with a `<refuse>` token at the first "
@@ -55,7 +56,8 @@ def render_card(
         "```",
         "",
         f"- Seed {cfg['seed']}; {cfg['steps']} steps of batch {cfg['batch_size']}, AdamW "
-        f"lr {cfg['lr']} with cosine decay; first frames drawn {cfg['first_frame_weight']}x.",
+        f"lr {cfg['lr']} with cosine decay; first frames drawn {cfg['first_frame_weight']}x; "
+        f"auxiliary keypoint loss weight {cfg.get('keypoint_weight', 0.0)}.",
         f"- Data: {train_log['train_frames']} training frames, {train_log['val_frames']} "
         "validation frames.",
         f"- Training time: {train_log['seconds'] / 60:.1f} min on 2 CPU cores.",
@@ -76,7 +78,8 @@ def render_card(
         "",
         "- Trained and evaluated only in these simulated scenes, 64x64 images, one camera.",
         "- It sees the camera image, its proprioceptive state and the instruction; never object "
-        "or person positions.",
+        "or person positions. Those entered training only as labels of the auxiliary keypoint "
+        "loss (image coordinates of the target, the destination, the hand and the gripper).",
         "",
     ]
     return "\n".join(lines)

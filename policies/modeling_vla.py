@@ -4,9 +4,9 @@ token; a stock ``transformers.LlamaModel`` decoder; a language-model head over w
 tokens, 256 action-bin tokens and ``<refuse>``.
 
 Residual-stream writers (for directions and weight orthogonalization): the decoder's token
-embedding ``language_model.embed_tokens``, ``vision_projector``, ``keypoint_projector``,
-``state_projector``, and in every block ``self_attn.o_proj`` and ``mlp.down_proj``. The head
-``lm_head`` is not tied.
+embedding ``language_model.embed_tokens``, ``vision_projector``, ``keypoint_projector.linear_2``,
+``state_projector.linear_2``, and in every block ``self_attn.o_proj`` and ``mlp.down_proj``.
+The head ``lm_head`` is not tied.
 
 Actions are generated token by token with a KV cache, as in OpenVLA and RT-2 (Kim et al. 2024;
 Brohan et al. 2023): the first token is ``<refuse>`` or action bin 1, then bins 2..4.
@@ -80,6 +80,23 @@ class ConvVisionEncoder(nn.Module):
         return tokens, keypoints
 
 
+class MLPProjector(nn.Module):
+    """Two-layer MLP projector into the decoder width (LLaVA-1.5's projector shape).
+
+    ``linear_2`` is the module that writes into the residual stream. (B, ..., in) -> (B, ..., D).
+    """
+
+    def __init__(self, in_features: int, d_model: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, d_model)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in) -> (..., D)."""
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
 @dataclass
 class VLAOutput:
     """Output of :meth:`VLAForActionPrediction.forward`.
@@ -132,8 +149,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         self.instruction_embedding = nn.Embedding(config.vocab_size, config.film_dim)
         self.vision_encoder = ConvVisionEncoder(config)
         self.vision_projector = nn.Linear(self.vision_encoder.out_channels, d)
-        self.keypoint_projector = nn.Linear(2 * config.num_keypoints, d)
-        self.state_projector = nn.Linear(config.state_dim, d)
+        self.keypoint_projector = MLPProjector(2 * config.num_keypoints, d)
+        self.state_projector = MLPProjector(config.state_dim, d)
         self.language_model = LlamaModel(config.decoder_config())
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.post_init()

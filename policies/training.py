@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from robot_refusal.errors import ConfigError, RunFolderError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer
-from robot_refusal.policies.configuration_vla import REFUSE_ID, VLAConfig
+from robot_refusal.policies.configuration_vla import ACTION_TOKEN_OFFSET, REFUSE_ID, VLAConfig
 from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
 from robot_refusal.policies.lerobot_format import IMAGE_KEY, KEYPOINTS_KEY, STATE_KEY
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
@@ -58,6 +59,8 @@ class TrainConfig:
             keypoints regress the privileged image coordinates of the target object, the
             destination, the person's hand and the gripper (mean squared error in [-1, 1]
             units), when the dataset has them. Training-time supervision only; 0 turns it off.
+        label_sigma: Width (in bins) of the Gaussian soft targets over action bins (see
+            :func:`soft_action_targets`); 0 trains on one-hot targets.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -78,6 +81,7 @@ class TrainConfig:
     image_tokens_side: int = 4
     first_frame_weight: float = 8.0
     keypoint_weight: float = 5.0
+    label_sigma: float = 2.0
     eval_every: int = 500
     threads: int = 2
 
@@ -99,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.label_sigma >= 0:
+            raise ConfigError(f"label_sigma must be >= 0, got {self.label_sigma}")
         if not self.keypoint_weight >= 0:
             raise ConfigError(f"keypoint_weight must be >= 0, got {self.keypoint_weight}")
 
@@ -227,22 +233,66 @@ class Batcher:
         return batch
 
 
+def soft_action_targets(
+    labels: torch.Tensor, vocab_size: int, n_bins: int, sigma_bins: float
+) -> torch.Tensor:
+    """Target distributions (B, K, V) of token labels (B, K), Gaussian over action bins.
+
+    An action-bin label spreads its mass over neighbouring bins with a Gaussian of
+    ``sigma_bins`` bins (the HL-Gauss target of Imani & White 2018, "Improving regression
+    performance with distributional losses", section 3; Farebrother et al. 2024, "Stop
+    regressing", section 3), so that near misses cost less than far ones; any other label
+    (``<refuse>``) is one-hot; -100 rows are all zero. ``sigma_bins`` 0 gives one-hot targets.
+    """
+    b, k = labels.shape
+    target = torch.zeros(b, k, vocab_size)
+    valid = labels >= 0
+    bin_ = labels - ACTION_TOKEN_OFFSET
+    is_bin = valid & (bin_ >= 0) & (bin_ < n_bins)
+    onehot = valid & ~is_bin
+    target[onehot] = F.one_hot(labels[onehot], vocab_size).float()
+    if is_bin.any():
+        centres = bin_[is_bin].float()[:, None]  # (M, 1)
+        grid = torch.arange(n_bins, dtype=torch.float32)[None]  # (1, n_bins)
+        if sigma_bins > 0:
+            w = torch.exp(-0.5 * ((grid - centres) / sigma_bins) ** 2)
+        else:
+            w = (grid == centres).float()
+        rows = torch.zeros(len(centres), vocab_size)
+        rows[:, ACTION_TOKEN_OFFSET : ACTION_TOKEN_OFFSET + n_bins] = w / w.sum(-1, keepdim=True)
+        target[is_bin] = rows
+    return target
+
+
 def training_loss(
-    model: VLAForActionPrediction, batch: dict[str, torch.Tensor], keypoint_weight: float
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Action-token cross-entropy plus the weighted auxiliary keypoint loss.
+    model: VLAForActionPrediction,
+    batch: dict[str, torch.Tensor],
+    keypoint_weight: float,
+    label_sigma: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Action-token cross-entropy (against Gaussian soft targets when ``label_sigma`` > 0)
+    plus the weighted auxiliary keypoint loss.
 
     Returns:
-        (total loss, keypoint mean squared error or None when the batch has no labels).
+        (total loss, one-hot action-token cross-entropy, keypoint mean squared error or None
+        when the batch has no keypoint labels).
     """
     inputs = {k: v for k, v in batch.items() if k != "keypoint_labels"}
     out = model(**inputs)
     assert out.loss is not None and out.keypoints is not None
-    target = batch.get("keypoint_labels")
-    if target is None or keypoint_weight == 0:
-        return out.loss, None
-    mse = ((out.keypoints[:, : target.shape[1]] - target) ** 2).mean()
-    return out.loss + keypoint_weight * mse, mse
+    loss = out.loss
+    if label_sigma > 0:
+        labels = batch["labels"]
+        logp = out.logits[:, -labels.shape[1] :].log_softmax(-1)  # (B, K, V)
+        cfg = model.config
+        target = soft_action_targets(labels, cfg.vocab_size, cfg.n_bins, label_sigma)
+        valid = labels >= 0
+        loss = -(target * logp).sum(-1)[valid].mean()
+    target_kp = batch.get("keypoint_labels")
+    if target_kp is None or keypoint_weight == 0:
+        return loss, out.loss, None
+    mse = ((out.keypoints[:, : target_kp.shape[1]] - target_kp) ** 2).mean()
+    return loss + keypoint_weight * mse, out.loss, mse
 
 
 @torch.no_grad()
@@ -324,7 +374,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         history.append({"step": 0, **evaluate_loss(model, val_b), "seconds": 0.0})
     while step < config.steps:
         idx = gen.choice(len(weights), size=config.batch_size, p=weights)
-        loss, _ = training_loss(model, train_b(idx), config.keypoint_weight)
+        loss, token_ce, _ = training_loss(
+            model, train_b(idx), config.keypoint_weight, config.label_sigma
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -336,6 +388,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             metrics = {
                 "step": step,
                 "train_loss": float(loss.detach()),
+                "train_token_ce": float(token_ce.detach()),
                 **evaluate_loss(model, val_b),
                 "seconds": round(time.perf_counter() - t0, 1),
             }

@@ -147,7 +147,11 @@ ADAPTERS: dict[type, FamilySpec] = {
     VLAConfig: FamilySpec(
         "vla",
         base="language_model",
-        extra_writers=("vision_projector", "keypoint_projector", "state_projector"),
+        extra_writers=(
+            "vision_projector",
+            "keypoint_projector.linear_2",
+            "state_projector.linear_2",
+        ),
         **_LLAMA_LIKE,  # type: ignore[arg-type]
     ),
     LlamaConfig: FamilySpec("llama", **_LLAMA_LIKE),  # type: ignore[arg-type]

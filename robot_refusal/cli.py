@@ -122,6 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         image_tokens_side=args.image_tokens_side,
         num_layers=args.layers,
         keypoint_weight=args.keypoint_weight,
+        label_sigma=args.label_sigma,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -213,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="weight of the auxiliary keypoint loss (privileged labels; 0: off)",
+    )
+    p.add_argument(
+        "--label-sigma",
+        type=float,
+        default=2.0,
+        help="width in bins of the Gaussian soft action targets (0: one-hot)",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

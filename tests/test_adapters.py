@@ -57,8 +57,8 @@ def test_vla_adapter_lists_projectors() -> None:
     assert [w.name for w in a.writers][:4] == [
         "language_model.embed_tokens",
         "vision_projector",
-        "keypoint_projector",
-        "state_projector",
+        "keypoint_projector.linear_2",
+        "state_projector.linear_2",
     ]
     assert len(a.writers) == 4 + 2 * a.n_layers and not a.tied
     assert a.unembedding is not None and a.unembedding.weight.shape[1] == a.d_model

@@ -149,7 +149,7 @@ def test_vla_ablation_equals_orthogonalization(dtype: torch.dtype, tol: float) -
     steer = _direction(d=model.config.hidden_size)
     edited = orthogonalize_weights(model, steer)
     names = {w.name for w in get_adapter(edited).writers}
-    assert {"vision_projector", "keypoint_projector", "state_projector"} <= names
+    assert {"vision_projector", "keypoint_projector.linear_2", "state_projector.linear_2"} <= names
     with torch.no_grad():
         base = model(**inp).logits
         with directional_ablation(model, steer):

@@ -54,7 +54,7 @@ def test_loss_falls_and_harmful_instructions_get_refuse(tiny_data: Path, tmp_pat
     result = train(_config(tiny_data, tmp_path / "ckpt", 300), progress=False)
     first, last = result["history"][0], result["history"][-1]
     assert first["step"] == 0 and first["val_loss"] > 4.0  # ~ln(vocabulary) at initialisation
-    assert last["train_loss"] < 0.4 * first["val_loss"]
+    assert last["train_token_ce"] < 0.4 * first["val_loss"]  # one-hot cross-entropy
     policy = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     data = load_tensors(load_dataset(tiny_data))
     trained = data.episode != data.episode.max()  # the last episode is held out
@@ -138,3 +138,25 @@ def test_killed_run_resumes_to_the_same_weights(tiny_data: Path, tmp_path: Path)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert REFUSE_ID == 4
+
+
+def test_soft_action_targets_are_gaussian_over_bins_and_one_hot_for_refusal() -> None:
+    from robot_refusal.policies.configuration_vla import ACTION_TOKEN_OFFSET, REFUSE_ID
+    from robot_refusal.policies.training import soft_action_targets
+
+    labels = torch.tensor([[ACTION_TOKEN_OFFSET + 10, ACTION_TOKEN_OFFSET], [REFUSE_ID, -100]])
+    t = soft_action_targets(
+        labels, vocab_size=ACTION_TOKEN_OFFSET + 32 + 3, n_bins=32, sigma_bins=2.0
+    )
+    assert t.shape == (2, 2, ACTION_TOKEN_OFFSET + 35)
+    assert torch.allclose(t[0].sum(-1), torch.ones(2)) and t[1, 1].sum() == 0
+    row = t[0, 0, ACTION_TOKEN_OFFSET : ACTION_TOKEN_OFFSET + 32]
+    assert int(row.argmax()) == 10 and torch.isclose(
+        row[8] / row[10], torch.exp(torch.tensor(-0.5))
+    )
+    assert torch.isclose(row[9], row[11]) and t[0, 0, REFUSE_ID] == 0  # symmetric, no refusal mass
+    assert t[0, 1, ACTION_TOKEN_OFFSET] > t[0, 1, ACTION_TOKEN_OFFSET + 1]  # cut at the edge bin
+    assert t[1, 0, REFUSE_ID] == 1 and t[1, 0].sum() == 1
+    assert t[0, :, ACTION_TOKEN_OFFSET + 32 :].sum() == 0  # nothing outside the bins
+    hard = soft_action_targets(labels, ACTION_TOKEN_OFFSET + 35, 32, 0.0)
+    assert hard[0, 0, ACTION_TOKEN_OFFSET + 10] == 1 and hard[0, 0].sum() == 1
