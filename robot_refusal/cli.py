@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from robot_refusal.errors import RobotRefusalError
+from robot_refusal.ros2.commands import add_parsers as add_ros2_parsers
 
 log = logging.getLogger("robot_refusal")
 
@@ -252,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
+    add_ros2_parsers(sub)  # ros2 sim | ros2 policy (rclpy imported only when they run)
     return parser
 
 
