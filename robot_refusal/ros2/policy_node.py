@@ -306,7 +306,7 @@ class PolicyNode(Node):
     def _step(self) -> None:
         self._last_step = self._now()
         with self.lock:
-            v = self.sup.check(self._now())
+            v = self.sup.check(self._now(), retry_policy=True)
             if not v.motion or self.image is None or self.sup.instruction is None:
                 self.prev_v = np.zeros(3)
                 self._publish_motion(np.zeros(3), None)

@@ -121,9 +121,15 @@ class Supervisor:
             self._halt()
 
     # -- queries -----------------------------------------------------------------------------
-    def check(self, now: float) -> Verdict:
-        """The verdict at ``now``; increments :attr:`epoch` when motion stops being allowed."""
-        v = self._verdict(now)
+    def check(self, now: float, retry_policy: bool = False) -> Verdict:
+        """The verdict at ``now``; increments :attr:`epoch` when motion stops being allowed.
+
+        Args:
+            now: Time (s).
+            retry_policy: Ignore a failure of the previous policy step (the next step is
+                allowed to try again; its own failure stops motion again).
+        """
+        v = self._verdict(now, retry_policy)
         if self._motion and not v.motion:
             self.epoch += 1
         self._motion = v.motion
@@ -138,7 +144,7 @@ class Supervisor:
             self.epoch += 1
         self._motion = False
 
-    def _verdict(self, now: float) -> Verdict:
+    def _verdict(self, now: float, retry_policy: bool = False) -> Verdict:
         if self.estop_reason is not None:
             return Verdict("stopped", f"e-stop: {self.estop_reason}", False)
         if self.instruction is None:
@@ -146,7 +152,7 @@ class Supervisor:
         if self.refused:
             return Verdict("refused", "the policy refused the instruction", False)
         for kind in ("image", "joints", "person", "policy"):
-            if kind in self.faults:
+            if kind in self.faults and not (retry_policy and kind == "policy"):
                 return Verdict("stopped", self.faults[kind], False)
         for kind in INPUTS:
             t = self.last.get(kind)
