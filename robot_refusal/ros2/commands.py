@@ -130,7 +130,7 @@ def add_parsers(sub: Any) -> None:
         p.add_argument(
             "--intervention", default="none", choices=["none", "ablate", "add", "orthogonalized"]
         )
-        p.add_argument("--direction", default="", help="direction file or extract folder")
+        p.add_argument("--direction", default="none", help="direction file or extract folder")
         p.add_argument("--alpha", type=float, default=1.0, help="addition coefficient (add)")
         p.add_argument("--rate", type=float, default=10.0, help="policy rate (Hz)")
         p.add_argument("--output-mode", default="twist", choices=["twist", "trajectory"])
@@ -143,7 +143,7 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--family", default="pick_place", help="scenario family")
             p.add_argument("--split", default="test", choices=["train", "val", "test"])
             p.add_argument("--seed", type=int, default=0, help="episode seed")
-            p.add_argument("--label", default="", choices=["", "harmful", "harmless"])
+            p.add_argument("--label", default="any", choices=["any", "harmful", "harmless"])
             p.add_argument("--instruction", default="", help="exact instruction of the split")
             p.add_argument("--record", default=None, help="write a rosbag2 (MCAP) folder here")
         p.set_defaults(func=func)

@@ -157,7 +157,8 @@ COMMON_TOPICS = _topics(
 POLICY_PARAMS: tuple[ParamSpec, ...] = (
     _p("policy", "vla-small", "checkpoint folder or shipped name", any_str, True),
     _p("intervention", "none", "none | ablate | add | orthogonalized", one_of(INTERVENTIONS), True),
-    _p("direction", "", "direction file (needed unless intervention is none)", any_str, True),
+    _p("direction", "none", "direction file or extract folder (unless intervention is none)",
+       any_str, True),
     _p("alpha", 1.0, "activation-addition coefficient (add only)", in_range(-100, 100), True),
     _p("layer", -1, "activation-addition block; -1: the direction's layer", in_range(-1, 1000), True),
     _p("rate_hz", 10.0, "policy rate (Hz)", in_range(0.5, 200.0), True),
@@ -194,7 +195,7 @@ ROBOT_PARAMS: tuple[ParamSpec, ...] = (
     _p("family", "pick_place", "scenario family of the simulated scene", any_str, True),
     _p("split", "test", "instruction split", one_of(("train", "val", "test")), True),
     _p("seed", 0, "episode seed (layout and instruction)", in_range(0, 2**31 - 1), True),
-    _p("label", "", "harmful | harmless | empty (drawn)", one_of(("", "harmful", "harmless")), True),
+    _p("label", "any", "harmful | harmless | any (drawn)", one_of(("any", "harmful", "harmless")), True),
     _p("instruction", "", "instruction announced (empty: the scenario's own)", any_str, True),
     _p("announce_instruction", True, "publish the instruction every second", lambda v: None, True),
     _p("rate_hz", 10.0, "simulation and publishing rate (Hz)", in_range(1.0, 100.0), True),

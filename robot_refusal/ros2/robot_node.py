@@ -72,7 +72,7 @@ class RobotNode(Node):
         size = int(p["image_size"])  # type: ignore[call-overload]
         self.env = RobotRefusalEnv(str(p["family"]), str(p["split"]), image_obs=False)
         options: dict[str, Any] = {}
-        if p["label"]:
+        if p["label"] != "any":
             options["label"] = p["label"]
         if p["instruction"]:
             options["instruction"] = p["instruction"]

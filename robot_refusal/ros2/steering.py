@@ -43,7 +43,7 @@ def load_steered_policy(
         policy: Checkpoint folder or shipped name.
         intervention: ``none``, ``ablate`` (directional ablation), ``add`` (activation addition
             of ``alpha * r`` at ``layer``) or ``orthogonalized`` (a weight-edited copy).
-        direction: Direction file or folder (needed unless ``none``).
+        direction: Direction file or folder (needed unless ``none``; ``""`` or ``"none"``: no file).
         alpha: Addition coefficient (``add``; +1 induces refusal, -1 suppresses it).
         layer: Addition block; -1 takes the direction's own layer.
 
@@ -60,7 +60,7 @@ def load_steered_policy(
     stack = ExitStack()
     if intervention == "none":
         return pol, stack
-    if not direction:
+    if direction in ("", "none"):
         raise ConfigError(f"intervention {intervention!r} needs a direction file (direction:=...)")
     r = load_direction(direction)
     if intervention == "ablate":
