@@ -135,7 +135,10 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--rate", type=float, default=10.0, help="policy rate (Hz)")
         p.add_argument("--output-mode", default="twist", choices=["twist", "trajectory"])
         p.add_argument(
-            "--param", action="append", default=[], metavar="NAME:=VALUE",
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME:=VALUE",
             help="any other policy-node parameter (repeatable), e.g. max_speed:=0.2",
         )
         p.add_argument("--duration", type=float, default=None, help="stop after S seconds")

@@ -157,15 +157,36 @@ COMMON_TOPICS = _topics(
 POLICY_PARAMS: tuple[ParamSpec, ...] = (
     _p("policy", "vla-small", "checkpoint folder or shipped name", any_str, True),
     _p("intervention", "none", "none | ablate | add | orthogonalized", one_of(INTERVENTIONS), True),
-    _p("direction", "none", "direction file or extract folder (unless intervention is none)",
-       any_str, True),
+    _p(
+        "direction",
+        "none",
+        "direction file or extract folder (unless intervention is none)",
+        any_str,
+        True,
+    ),
     _p("alpha", 1.0, "activation-addition coefficient (add only)", in_range(-100, 100), True),
-    _p("layer", -1, "activation-addition block; -1: the direction's layer", in_range(-1, 1000), True),
+    _p(
+        "layer",
+        -1,
+        "activation-addition block; -1: the direction's layer",
+        in_range(-1, 1000),
+        True,
+    ),
     _p("rate_hz", 10.0, "policy rate (Hz)", in_range(0.5, 200.0), True),
-    _p("trigger", "timer", "timer: run at rate_hz; image: on each new image, at most rate_hz",
-       one_of(TRIGGERS), True),
-    _p("output_mode", "twist", "twist (MoveIt Servo) | trajectory (ros2_control JTC)",
-       one_of(OUTPUT_MODES), True),
+    _p(
+        "trigger",
+        "timer",
+        "timer: run at rate_hz; image: on each new image, at most rate_hz",
+        one_of(TRIGGERS),
+        True,
+    ),
+    _p(
+        "output_mode",
+        "twist",
+        "twist (MoveIt Servo) | trajectory (ros2_control JTC)",
+        one_of(OUTPUT_MODES),
+        True,
+    ),
     *COMMON_TOPICS,
     *_topics(
         ("status_topic", "/robot_refusal/status", "status JSON out (std_msgs/String)"),
@@ -184,24 +205,40 @@ POLICY_PARAMS: tuple[ParamSpec, ...] = (
     _p("keepout_margin", 0.03, "extra clearance added to keepout_radius (m)", in_range(0, 0.5)),
     _p("keepout_height", 0.6, "keep-out zone top above the base (m)", in_range(0, 3)),
     _p("stale_timeout", 0.25, "inputs older than this stop the arm (s)", in_range(0.01, 5.0)),
-    _p("person_timeout", 1.0, "a person pose older than this stops the arm (s)", in_range(0.05, 60)),
+    _p(
+        "person_timeout", 1.0, "a person pose older than this stops the arm (s)", in_range(0.05, 60)
+    ),
     _p("watchdog_hz", 50.0, "watchdog check rate (Hz)", in_range(1.0, 1000.0), True),
     _p("max_instruction_chars", 256, "longer instructions are rejected", in_range(1, 10000)),
-    _p("grasp_threshold", 0.01, "finger opening above which a closed gripper holds (m)",
-       in_range(0.0, 0.08)),
+    _p(
+        "grasp_threshold",
+        0.01,
+        "finger opening above which a closed gripper holds (m)",
+        in_range(0.0, 0.08),
+    ),
 )
 
 ROBOT_PARAMS: tuple[ParamSpec, ...] = (
     _p("family", "pick_place", "scenario family of the simulated scene", any_str, True),
     _p("split", "test", "instruction split", one_of(("train", "val", "test")), True),
     _p("seed", 0, "episode seed (layout and instruction)", in_range(0, 2**31 - 1), True),
-    _p("label", "any", "harmful | harmless | any (drawn)", one_of(("any", "harmful", "harmless")), True),
+    _p(
+        "label",
+        "any",
+        "harmful | harmless | any (drawn)",
+        one_of(("any", "harmful", "harmless")),
+        True,
+    ),
     _p("instruction", "", "instruction announced (empty: the scenario's own)", any_str, True),
     _p("announce_instruction", True, "publish the instruction every second", lambda v: None, True),
     _p("rate_hz", 10.0, "simulation and publishing rate (Hz)", in_range(1.0, 100.0), True),
     _p("image_size", 64, "camera image side (pixels)", in_range(16, 512), True),
-    _p("command_timeout", 0.2, "commands older than this are treated as zero (s)",
-       in_range(0.01, 5.0)),
+    _p(
+        "command_timeout",
+        0.2,
+        "commands older than this are treated as zero (s)",
+        in_range(0.01, 5.0),
+    ),
     _p("frame_id", "panda_link0", "frame of published poses", is_topic, True),
     *COMMON_TOPICS,
     *_topics(("sim_info_topic", "/robot_refusal/sim_info", "simulator ground truth (JSON)")),
@@ -240,9 +277,9 @@ def validate(
             out.append(f"{name}: {reason}")
     if "workspace_min" in values or "workspace_max" in values:
         low, high = values.get("workspace_min"), values.get("workspace_max")
-        if isinstance(low, list) and isinstance(high, list) and xyz(low) is None:
-            if xyz(high) is None and not all(a < b for a, b in zip(low, high, strict=True)):
-                out.append(f"workspace_min {low} must be below workspace_max {high} on each axis")
+        ok = isinstance(low, list) and isinstance(high, list) and not (xyz(low) or xyz(high))
+        if ok and not all(a < b for a, b in zip(low, high, strict=True)):  # type: ignore[arg-type]
+            out.append(f"workspace_min {low} must be below workspace_max {high} on each axis")
     return out
 
 

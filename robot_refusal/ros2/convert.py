@@ -59,7 +59,9 @@ def image_from_fields(
         InvalidMessageError: Wrong encoding, size, step or data length.
     """
     if encoding not in ("rgb8", "bgr8"):
-        raise InvalidMessageError(f"image encoding {encoding!r} is not supported; send rgb8 or bgr8")
+        raise InvalidMessageError(
+            f"image encoding {encoding!r} is not supported; send rgb8 or bgr8"
+        )
     if (height, width) != tuple(expected):
         raise InvalidMessageError(
             f"image is {height}x{width}, the policy reads {expected[0]}x{expected[1]}; "

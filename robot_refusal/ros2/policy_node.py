@@ -35,6 +35,7 @@ import logging
 import math
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -86,25 +87,24 @@ class PolicyNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self.p = declare(self, POLICY_PARAMS)
         p = self.p
+        self._hooks: ExitStack | None = None
         if policy is None:
             policy, self._hooks = load_steered_policy(
                 str(p["policy"]),
                 str(p["intervention"]),
                 str(p["direction"]),
-                float(p["alpha"]),  # type: ignore[arg-type]
-                int(p["layer"]),  # type: ignore[call-overload]
+                float(p["alpha"]),
+                int(p["layer"]),
             )
-        else:
-            self._hooks = None
         self.policy = policy
-        self.period = 1.0 / float(p["rate_hz"])  # type: ignore[arg-type]
+        self.period = 1.0 / float(p["rate_hz"])
         self.sup = Supervisor(
-            float(p["stale_timeout"]),  # type: ignore[arg-type]
-            float(p["person_timeout"]),  # type: ignore[arg-type]
+            float(p["stale_timeout"]),
+            float(p["person_timeout"]),
             2.0 * self.period,
         )
         self.kin = PandaKinematics()
-        self.robot = RobotState(grasp_threshold=float(p["grasp_threshold"]))  # type: ignore[arg-type]
+        self.robot = RobotState(grasp_threshold=float(p["grasp_threshold"]))
         self.lock = threading.RLock()
         self.kin_lock = threading.Lock()
         self.image: np.ndarray | None = None
@@ -137,7 +137,7 @@ class PolicyNode(Node):
         self.traj_pub = self.create_publisher(JointTrajectory, p["trajectory_topic"], cmd)
         self.gripper_pub = self.create_publisher(Float64, p["gripper_topic"], cmd)
         self.status_pub = self.create_publisher(String, p["status_topic"], status)
-        self.create_timer(1.0 / float(p["watchdog_hz"]), self._watchdog, callback_group=io)  # type: ignore[arg-type]
+        self.create_timer(1.0 / float(p["watchdog_hz"]), self._watchdog, callback_group=io)
         if p["trigger"] == "timer":
             self.create_timer(self.period, self._step, callback_group=work)
         self._last_step = -math.inf
@@ -178,7 +178,7 @@ class PolicyNode(Node):
             self._step()
 
     def _on_joints(self, msg: JointState) -> None:
-        wanted = [*self.p["joint_names"], *self.p["finger_joint_names"]]  # type: ignore[misc]
+        wanted = [*self.p["joint_names"], *self.p["finger_joint_names"]]
         try:
             q = joint_positions(msg.name, msg.position, wanted)
         except InvalidMessageError as e:
@@ -193,7 +193,7 @@ class PolicyNode(Node):
 
     def _on_instruction(self, msg: String) -> None:
         try:
-            text = check_instruction(msg.data, int(self.p["max_instruction_chars"]))  # type: ignore[call-overload]
+            text = check_instruction(msg.data, int(self.p["max_instruction_chars"]))
         except InvalidMessageError as e:
             self._reject("instruction", e)
             return
@@ -257,7 +257,7 @@ class PolicyNode(Node):
             with self.kin_lock:
                 q = self.kin.inverse(self.robot.arm, target) if moving else self.robot.arm
             traj = JointTrajectory()
-            traj.joint_names = list(self.p["joint_names"])  # type: ignore[arg-type]
+            traj.joint_names = list(self.p["joint_names"])
             sec, nsec = seconds_to_stamp(self.period)
             traj.points = [
                 JointTrajectoryPoint(
@@ -290,7 +290,9 @@ class PolicyNode(Node):
         key = f"{v.state}|{v.reason}"
         if key != self.last_status:
             self.last_status = key
-            self.get_logger().info(f"state {v.state}: {v.reason}" if v.reason else f"state {v.state}")
+            self.get_logger().info(
+                f"state {v.state}: {v.reason}" if v.reason else f"state {v.state}"
+            )
 
     def _watchdog(self) -> None:
         with self.lock:

@@ -33,7 +33,7 @@ def plain(value: Any) -> ParamValue:
     return list(value)
 
 
-def declare(node: Node, specs: Sequence[ParamSpec]) -> dict[str, ParamValue]:
+def declare(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
     """Declare every parameter of ``specs`` on ``node`` and return the validated values.
 
     Later changes are validated with :func:`config.validate` (read-only ones are refused) and
@@ -48,9 +48,7 @@ def declare(node: Node, specs: Sequence[ParamSpec]) -> dict[str, ParamValue]:
             s.default,
             ParameterDescriptor(description=s.description, read_only=False),
         )
-    values: dict[str, ParamValue] = {
-        s.name: plain(node.get_parameter(s.name).value) for s in specs
-    }
+    values: dict[str, Any] = {s.name: plain(node.get_parameter(s.name).value) for s in specs}
     problems = validate(specs, values)
     if problems:
         raise ConfigError("invalid ROS parameters: " + "; ".join(problems))

@@ -13,11 +13,18 @@ import importlib
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
@@ -25,7 +32,7 @@ from robot_refusal.errors import ConfigError
 from robot_refusal.ros2.config import SENSOR_QOS, QosSpec
 from robot_refusal.ros2.qos import qos
 
-BAG_VERSION = 9
+BAG_VERSION: Literal[9] = 9
 SIM_TOPICS: dict[str, str] = {
     "/camera/image_raw": "sensor_msgs/msg/Image",
     "/joint_states": "sensor_msgs/msg/JointState",

@@ -69,16 +69,16 @@ class RobotNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         p = self.p = declare(self, ROBOT_PARAMS)
-        size = int(p["image_size"])  # type: ignore[call-overload]
+        size = int(p["image_size"])
         self.env = RobotRefusalEnv(str(p["family"]), str(p["split"]), image_obs=False)
         options: dict[str, Any] = {}
         if p["label"] != "any":
             options["label"] = p["label"]
         if p["instruction"]:
             options["instruction"] = p["instruction"]
-        self.env.reset(seed=int(p["seed"]), options=options)  # type: ignore[call-overload]
+        self.env.reset(seed=int(p["seed"]), options=options)
         self.size = size
-        self.dt = 1.0 / float(p["rate_hz"])  # type: ignore[arg-type]
+        self.dt = 1.0 / float(p["rate_hz"])
         self.kin = PandaKinematics()
         self.twist = np.zeros(3)
         self.twist_time = -math.inf
@@ -131,7 +131,7 @@ class RobotNode(Node):
 
     def _command_delta(self) -> np.ndarray:
         """The displacement (3,) m to execute this step (zero for stale commands)."""
-        now, timeout = time.monotonic(), float(self.p["command_timeout"])  # type: ignore[arg-type]
+        now, timeout = time.monotonic(), float(self.p["command_timeout"])
         robot = self.env.robot
         assert robot is not None
         if now - self.twist_time <= timeout:

@@ -111,7 +111,9 @@ def _box(ee: np.ndarray, v: np.ndarray, dt: float, limits: Limits) -> np.ndarray
     return (target - ee) / dt
 
 
-def _path_clear(ee: np.ndarray, v: np.ndarray, horizon: float, person: PersonZone, lim: Limits) -> bool:
+def _path_clear(
+    ee: np.ndarray, v: np.ndarray, horizon: float, person: PersonZone, lim: Limits
+) -> bool:
     s = np.linspace(0.0, 1.0, PATH_SAMPLES)[1:, None]
     return not bool(in_zone(ee + s * v * horizon, person, lim).any())
 
@@ -183,9 +185,11 @@ def limit_velocity(
         reasons.append("accel")
     boxed = _box(ee, out, dt, limits)
     if not np.allclose(boxed, out):
-        out, _ = boxed, reasons.append("workspace")
+        out = boxed
+        reasons.append("workspace")
     if person is not None:
         kept = _keepout(ee, out, dt, person, limits)
         if not np.allclose(kept, out):
-            out, _ = kept, reasons.append("keepout")
+            out = kept
+            reasons.append("keepout")
     return Limited(out, tuple(reasons))

@@ -132,7 +132,9 @@ class Probe:
         self.status: list[dict[str, Any]] = []
         self.sim: list[dict[str, Any]] = []
         n = self.node
-        n.create_subscription(TwistStamped, "/servo_node/delta_twist_cmds", self._twist, qos(COMMAND_QOS))
+        n.create_subscription(
+            TwistStamped, "/servo_node/delta_twist_cmds", self._twist, qos(COMMAND_QOS)
+        )
         n.create_subscription(String, "/robot_refusal/status", self._status, qos(STATUS_QOS))
         n.create_subscription(String, "/robot_refusal/sim_info", self._sim, qos(STATUS_QOS))
         self._pubs: dict[str, Any] = {}

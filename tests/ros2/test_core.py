@@ -71,7 +71,7 @@ def test_joint_positions_order_and_rejections() -> None:
     assert joint_positions(names, pos, WANTED).tolist() == list(range(1, 8))
     with pytest.raises(InvalidMessageError, match="NaN"):
         joint_positions(WANTED, [0, 0, float("nan"), 0, 0, 0, 0], WANTED)
-    with pytest.raises(InvalidMessageError, match="lacks.*Did you mean 'panda_jiont1'"):
+    with pytest.raises(InvalidMessageError, match=r"lacks.*Did you mean 'panda_jiont1'"):
         joint_positions(["panda_jiont1", *WANTED[1:]], [0] * 7, WANTED)
     with pytest.raises(InvalidMessageError, match="names but"):
         joint_positions(WANTED, [0] * 6, WANTED)
@@ -81,7 +81,11 @@ def test_joint_positions_order_and_rejections() -> None:
 
 def test_instruction_and_stamps() -> None:
     assert check_instruction("  Put the Cube in the bin ", 256) == "put the cube in the bin"
-    for bad, match in (("a" * 100_000, "100000 characters"), ("   ", "empty"), ("a\x00b", "control")):
+    for bad, match in (
+        ("a" * 100_000, "100000 characters"),
+        ("   ", "empty"),
+        ("a\x00b", "control"),
+    ):
         with pytest.raises(InvalidMessageError, match=match):
             check_instruction(bad, 256)
     assert seconds_to_stamp(12.5) == (12, 500_000_000)
@@ -104,7 +108,11 @@ def test_speed_accel_and_workspace_limits() -> None:
     outside = np.array([0.9, 0.0, 0.2])  # may only come back
     out = limit_velocity(outside, np.array([0.1, 0, 0]), np.zeros(3), dt, LIM)
     assert out.velocity[0] <= 0
-    assert limit_velocity(ee, np.array([np.nan, 0, 0]), np.zeros(3), dt, LIM).velocity.tolist() == [0, 0, 0]
+    assert limit_velocity(ee, np.array([np.nan, 0, 0]), np.zeros(3), dt, LIM).velocity.tolist() == [
+        0,
+        0,
+        0,
+    ]
 
 
 def test_keepout_never_entered_whatever_the_commands() -> None:
@@ -124,7 +132,9 @@ def test_keepout_never_entered_whatever_the_commands() -> None:
 
 def test_keepout_slides_and_lets_a_robot_inside_leave() -> None:
     ee = np.array([0.6, -0.16, 0.05])  # beside the hand, moving across it -> slides
-    out = limit_velocity(ee, np.array([0.0, 0.25, 0.0]), np.array([0.0, 0.25, 0.0]), 0.1, LIM, PERSON)
+    out = limit_velocity(
+        ee, np.array([0.0, 0.25, 0.0]), np.array([0.0, 0.25, 0.0]), 0.1, LIM, PERSON
+    )
     assert "keepout" in out.reasons and not in_zone(ee + 2 * 0.1 * out.velocity, PERSON, LIM)
     inside = np.array([0.6, 0.05, 0.05])
     stay = limit_velocity(inside, np.array([0.0, -0.05, 0]), np.zeros(3), 0.1, LIM, PERSON)
@@ -160,7 +170,9 @@ def test_supervisor_estop_latch_staleness_refusal_and_epochs() -> None:
     s.received("image", 0.7), s.received("joints", 0.7)
     assert "overran" in s.check(0.85).reason
     s.policy_finished("RuntimeError: boom")
-    assert s.check(0.7).reason.startswith("policy raised") and s.check(0.7, retry_policy=True).motion
+    assert (
+        s.check(0.7).reason.startswith("policy raised") and s.check(0.7, retry_policy=True).motion
+    )
 
 
 def test_parameter_tables_and_validation() -> None:

@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ros2 extra: pip install 'robot-refusal[ros2]'")
 
-from tests.policies.test_vla import tiny_policy  # noqa: E402
-from tests.ros2.harness import NodeProcess, Probe, private_domain, ros_env  # noqa: E402
+from tests.policies.test_vla import tiny_policy
+from tests.ros2.harness import NodeProcess, Probe, private_domain, ros_env
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
@@ -170,7 +170,9 @@ def test_malformed_inputs_are_rejected_with_zero_motion_and_the_node_keeps_runni
             inject()
             robot()
             assert probe.spin_until(
-                lambda r=reason: any(s["_t"] > t0 and r in s["reason"] for s in probe.status),
+                lambda r=reason, t0=t0: any(
+                    s["_t"] > t0 and r in s["reason"] for s in probe.status
+                ),
                 3,
                 robot,
             ), (name, probe.status[-3:])

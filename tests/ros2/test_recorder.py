@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ros2 extra: pip install 'robot-refusal[ros2]'")
 
-from tests.ros2.harness import Probe, private_domain  # noqa: E402
+from tests.ros2.harness import Probe, private_domain
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(60)]
 
@@ -50,8 +50,10 @@ def test_recorded_bag_reads_back_with_rosbags(tmp_path: Path) -> None:
             for t, typ in zip(topics, (JointState, TwistStamped, String), strict=True):
                 probe.publisher(typ, t)
             assert probe.spin_until(
-                lambda: all(rec.count_publishers(t) > 0 for t in topics)
-                and all(probe.node.count_subscribers(t) >= 1 for t in topics),
+                lambda: (
+                    all(rec.count_publishers(t) > 0 for t in topics)
+                    and all(probe.node.count_subscribers(t) >= 1 for t in topics)
+                ),
                 10,
             )
             while sent < n:
@@ -70,6 +72,7 @@ def test_recorded_bag_reads_back_with_rosbags(tmp_path: Path) -> None:
         for conn, _ts, raw in reader.messages():
             got[conn.topic].append(store.deserialize_cdr(raw, conn.msgtype))
     assert [m.position[0] for m in got["/joint_states"]] == list(range(n))
-    assert np.allclose([m.twist.linear.x for m in got["/servo_node/delta_twist_cmds"]],
-                       0.01 * np.arange(n))
+    assert np.allclose(
+        [m.twist.linear.x for m in got["/servo_node/delta_twist_cmds"]], 0.01 * np.arange(n)
+    )
     assert [m.data for m in got["/robot_refusal/status"]] == [f'{{"i": {i}}}' for i in range(n)]
