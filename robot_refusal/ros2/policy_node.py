@@ -144,9 +144,11 @@ class PolicyNode(Node):
 
     def destroy_node(self) -> None:
         """Remove the intervention hooks, release the kinematics client, destroy the node."""
-        if self._hooks is not None:
-            self._hooks.close()
-        self.kin.close()
+        hooks, kin = getattr(self, "_hooks", None), getattr(self, "kin", None)
+        if hooks is not None:  # also called on a node whose construction failed
+            hooks.close()
+        if kin is not None:
+            kin.close()
         super().destroy_node()
 
     def _now(self) -> float:
@@ -174,7 +176,7 @@ class PolicyNode(Node):
             self.image = img
             self.image_stamp = stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
             self.sup.received("image", self._now())
-        if self.p["trigger"] == "image" and self._now() - self._last_step >= 0.95 * self.period:
+        if self.p["trigger"] == "image" and self._now() - self._last_step >= 0.8 * self.period:
             self._step()
 
     def _on_joints(self, msg: JointState) -> None:

@@ -199,8 +199,9 @@ class RobotNode(Node):
 
     def destroy_node(self) -> None:
         """Close the env and the kinematics client, then destroy the node."""
-        self.env.close()
-        self.kin.close()
+        for part in (getattr(self, "env", None), getattr(self, "kin", None)):
+            if part is not None:  # also called on a node whose construction failed
+                part.close()
         super().destroy_node()
 
 
