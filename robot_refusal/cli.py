@@ -248,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kl-max",
         type=float,
-        default=0.1,
-        help="KL filter of the selection (default: 0.1, DESIGN.md section 4)",
+        default=1.0,
+        help="KL filter of the selection in nats (default: 1.0 for action-bin tokens; "
+        "DESIGN.md's 0.1 is for language models)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)

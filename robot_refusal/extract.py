@@ -35,7 +35,7 @@ from robot_refusal.extraction import separation, two_set_candidates
 from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.policy import VLAPolicy, resolve_checkpoint
 from robot_refusal.rollout import plan_episodes
-from robot_refusal.selection import KL_MAX, MAX_LAYER_FRACTION, Prober, select_direction
+from robot_refusal.selection import MAX_LAYER_FRACTION, VLA_KL_MAX, Prober, select_direction
 
 log = logging.getLogger(__name__)
 POST_INSTRUCTION = (-3, -2, -1)
@@ -58,7 +58,8 @@ class ExtractConfig:
         seed: Seed of the episode plan.
         batch_size: Observations per forward pass.
         caution_stride: Keep every n-th expert timestep (caution).
-        kl_max: KL filter of the selection (DESIGN.md section 4: 0.1).
+        kl_max: KL filter of the selection (DESIGN.md section 4 says 0.1 for language models;
+            :data:`~robot_refusal.selection.VLA_KL_MAX` explains the policy default 1.0).
     """
 
     policy: str
@@ -69,7 +70,7 @@ class ExtractConfig:
     seed: int = 0
     batch_size: int = 64
     caution_stride: int = 2
-    kl_max: float = KL_MAX
+    kl_max: float = VLA_KL_MAX
 
 
 def first_observations(

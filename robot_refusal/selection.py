@@ -31,6 +31,15 @@ from robot_refusal.interventions import activation_addition, directional_ablatio
 
 EPS = 1e-8
 KL_MAX = 0.1
+VLA_KL_MAX = 1.0
+"""KL filter for policies whose first generated token is an action bin (``extract``'s default).
+
+DESIGN.md's 0.1 nats is calibrated for a language model's next word. Our VLA's first token on a
+harmless input is the x-displacement bin, trained against Gaussian soft targets of sigma = 2
+bins; shifting such a distribution by delta bins costs delta**2 / (2 sigma**2) nats, so 0.1 nats
+is a shift of 0.9 bin (0.3 mm per step) and 1.0 nat one of 2.8 bins (about 0.9 mm per step at
+the shipped bin width of 0.31 mm). Recorded in ``selection.json`` as ``filters.kl_max``.
+"""
 MAX_LAYER_FRACTION = 0.8
 Prober = Callable[[], Tensor]
 """() -> (N, V) first-generated-token logits of a fixed input set."""

@@ -21,7 +21,7 @@ from robot_refusal.extraction import two_set_candidates
 from robot_refusal.interventions import directional_ablation
 from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.policy import CHECKPOINTS, VLAPolicy
-from robot_refusal.selection import Selection, refusal_scores, select_direction
+from robot_refusal.selection import VLA_KL_MAX, Selection, refusal_scores, select_direction
 from tests.policies.test_vla import tiny_policy
 
 torch.set_num_threads(1)
@@ -79,6 +79,7 @@ def vla_small() -> tuple[VLAPolicy, dict[str, list], Selection, list]:
         make_prober(policy, sets["score", "harmful"], 64),
         make_prober(policy, sets["score", "harmless"], 64),
         [REFUSE_ID],
+        kl_max=VLA_KL_MAX,
     )
     return policy, sets, sel, cands
 
@@ -104,19 +105,19 @@ def test_vla_small_random_direction_is_a_weak_control(vla_small: tuple) -> None:
 
 
 @needs_vla_small
-def test_vla_small_selection_passes_design_filters(vla_small: tuple) -> None:
+def test_vla_small_selection_passes_the_filters(vla_small: tuple) -> None:
     _, _, sel, cands = vla_small
     assert len(sel.scores) == len(cands) == 4 * 3
     js = sel.to_json()
-    assert len(js["candidates"]) == 12 and js["filters"]["kl_max"] == 0.1
+    assert len(js["candidates"]) == 12 and js["filters"]["kl_max"] == VLA_KL_MAX
     for s in sel.scores:
         if s.filtered != "zero norm":
             assert np.isfinite([s.bypass, s.induce, s.kl]).all() and s.kl >= 0
     best = sel.best()
-    assert best is not None, "no candidate passed layer < 0.8 L, KL <= 0.1, induce >= 0: " + str(
+    assert best is not None, "no candidate passed layer < 0.8 L, KL <= 1.0, induce >= 0: " + str(
         [
             (s.layer, s.position, round(s.bypass, 2), round(s.induce, 2), round(s.kl, 3))
             for s in sel.scores
         ]
     )
-    assert best.bypass < 0 < best.induce and best.kl <= 0.1
+    assert best.bypass < 0 < best.induce and best.kl <= VLA_KL_MAX
