@@ -1,11 +1,14 @@
 """Behaviour cloning of the VLA on expert demonstrations (``robot-refusal train``).
 
-Next-token cross-entropy on the generated positions (``<refuse>`` or the four action tokens),
-AdamW with a cosine schedule and linear warm-up, gradient clipping, validation loss and
-action-token accuracy, a progress bar, and a resumable ``<out>/last/`` checkpoint (weights in
-safetensors; optimizer, schedule and sampler state in ``trainer_state.pt`` read back with
-``torch.load(weights_only=True)``). The first frame of every episode (where the policy refuses
-or starts) is drawn ``first_frame_weight`` times as often as the others.
+Next-token cross-entropy on the generated positions (``<refuse>`` or the four action tokens;
+action bins against Gaussian soft targets, :func:`soft_action_targets`) plus an auxiliary
+keypoint loss on privileged image coordinates recorded with the demonstrations (training labels
+only, never policy inputs), AdamW with a cosine schedule and linear warm-up, gradient
+clipping, validation loss and action-token accuracy, a progress bar, and a resumable
+``<out>/last/`` checkpoint (weights in safetensors; optimizer, schedule and sampler state in
+``trainer_state.pt`` read back with ``torch.load(weights_only=True)``). The first frame of
+every episode (where the policy refuses or starts) is drawn ``first_frame_weight`` times as
+often as the others.
 """
 
 from __future__ import annotations
