@@ -98,6 +98,16 @@ def simplified_panda_urdf() -> str:
     return out
 
 
+def _camera_matrices(
+    width: int, height: int, eye: Sequence[float], target: Sequence[float], fov_deg: float
+) -> tuple[Sequence[float], Sequence[float]]:
+    """PyBullet's view and projection matrices (16 floats each, column-major) of the camera
+    that :meth:`PyBulletSim.render` draws and :meth:`PyBulletSim.project` projects with."""
+    view = p.computeViewMatrix(list(eye), list(target), [0, 0, 1])
+    proj = p.computeProjectionMatrixFOV(fov_deg, width / height, 0.05, 4.0)
+    return view, proj
+
+
 class PyBulletSim:
     """One PyBullet physics client with named bodies.
 
@@ -405,11 +415,12 @@ class PyBulletSim:
         Columns are (x, y) normalised so that the centres of the first and last pixel columns
         (rows) are -1 and +1; y grows downward (image rows). Points behind the camera get NaN.
         """
-        view = np.asarray(p.computeViewMatrix(list(eye), list(target), [0, 0, 1])).reshape(4, 4).T
-        proj = p.computeProjectionMatrixFOV(fov_deg, width / height, 0.05, 4.0)
-        proj_m = np.asarray(proj).reshape(4, 4).T  # PyBullet matrices are column-major
+        view, proj = (
+            np.asarray(m).reshape(4, 4).T  # PyBullet matrices are column-major
+            for m in _camera_matrices(width, height, eye, target, fov_deg)
+        )
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        clip = (proj_m @ view @ np.c_[pts, np.ones(len(pts))].T).T  # (N, 4)
+        clip = (proj @ view @ np.c_[pts, np.ones(len(pts))].T).T  # (N, 4)
         w = np.where(clip[:, 3] > 1e-9, clip[:, 3], np.nan)
         ndc = clip[:, :2] / w[:, None]  # (N, 2) in [-1, 1] at the image edges
         col = (ndc[:, 0] + 1) / 2 * width - 0.5  # pixel-centre coordinates
@@ -428,8 +439,7 @@ class PyBulletSim:
 
         TinyRenderer (CPU), no shadows, no segmentation mask.
         """
-        view = p.computeViewMatrix(list(eye), list(target), [0, 0, 1])
-        proj = p.computeProjectionMatrixFOV(fov_deg, width / height, 0.05, 4.0)
+        view, proj = _camera_matrices(width, height, eye, target, fov_deg)
         out = p.getCameraImage(
             width,
             height,
