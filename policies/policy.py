@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from robot_refusal.errors import CheckpointError
 from robot_refusal.policies.configuration_vla import REFUSE_ID, VLAConfig
@@ -91,6 +92,8 @@ class VLAPolicy:
             config = VLAConfig.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, TypeError) as e:
             raise CheckpointError(f"{path / CONFIG_FILE} is not a VLA config ({e})") from e
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a 60-tensor checkpoint loads in milliseconds
         try:
             model = VLAForActionPrediction.from_pretrained(
                 path, config=config, use_safetensors=True, local_files_only=True
@@ -100,6 +103,9 @@ class VLAPolicy:
                 f"{path / WEIGHTS_FILE} is corrupt or does not match {CONFIG_FILE} "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
             ) from e
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         try:
             processor = VLAProcessor.from_pretrained(path)
         except Exception as e:

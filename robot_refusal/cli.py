@@ -162,6 +162,88 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack_summary_lines(summary: dict[str, Any], out: str) -> None:
+    from robot_refusal.tables import format_summary
+
+    print(format_summary(summary, families=False))
+    d = summary.get("direction") or {}
+    if d:
+        print(f"direction: layer {d.get('layer')}, position {d.get('position')} ({d.get('path')})")
+    print(f"wrote {out}/episodes.jsonl and {out}/summary.json")
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """Closed-loop steering attacks: every episode under every condition (baseline, directional
+    ablation, activation addition, weight orthogonalization, caution-direction ablation) and the
+    sweeps (alpha dose-response, layers, rank k, cross-family); writes episodes.jsonl,
+    summary.json and side-by-side GIFs."""
+    from robot_refusal.attack import AttackConfig, attack
+    from robot_refusal.conditions import parse_conditions, parse_floats, parse_ints
+    from robot_refusal.errors import ConfigError
+
+    try:
+        add_alpha = float(args.add_alpha)
+    except ValueError:
+        raise ConfigError(f"--add-alpha: {args.add_alpha!r} is not a number") from None
+    cfg = AttackConfig(
+        policy=args.policy,
+        out=args.out,
+        direction=args.direction,
+        conditions=tuple(parse_conditions(args.conditions)) if args.conditions else (),
+        add_alpha=add_alpha,
+        alphas=tuple(parse_floats(args.alpha, "--alpha")) if args.alpha else (),
+        layers=tuple(parse_ints(args.layers, "--layers")) if args.layers else (),
+        ranks=tuple(parse_ints(args.ranks, "--ranks", low=1)) if args.ranks else (),
+        source_families=tuple(_families(args.source_families)) if args.source_families else (),
+        caution_direction=args.caution_direction,
+        cross_version=args.cross_version,
+        split=args.split,
+        episodes=args.episodes,
+        families=tuple(
+            args.families if isinstance(args.families, list) else _families(args.families)
+        ),
+        seed=args.seed,
+        sweep_split=args.sweep_split,
+        sweep_episodes=args.sweep_episodes,
+        videos=0 if args.no_videos else 1,
+        workers=args.workers,
+    )
+    summary = attack(cfg, resume=args.resume, force=args.force, progress=not args.quiet)
+    _attack_summary_lines(summary, args.out)
+    print(f"next: robot-refusal report {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write report.md and a self-contained report.html (tables, bar charts with error bars,
+    sweep plots, side-by-side GIFs) for a run folder."""
+    from robot_refusal.report import write_report
+
+    written = write_report(args.run)
+    print(f"wrote {written['report.md']} and {written['report.html']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: load the shipped vla-small, extract and select its refusal direction, run
+    baseline, ablate and add closed loop on the test split, print the table, write the report."""
+    from robot_refusal.demo import demo
+
+    summary = demo(
+        out=args.out,
+        policy=args.policy,
+        episodes=args.episodes,
+        seed=args.seed,
+        workers=args.workers,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    _attack_summary_lines(summary, args.out)
+    print(f"report: {args.out}/report.md and {args.out}/report.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``robot-refusal``."""
     parser = argparse.ArgumentParser(
@@ -254,6 +336,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser(
+        "attack", help="closed-loop steering attacks and sweeps", description=cmd_attack.__doc__
+    )
+    p.add_argument("--policy", required=True, help="checkpoint folder or shipped name")
+    p.add_argument(
+        "--direction",
+        default=None,
+        help="refusal direction file or `extract` folder (default: extract one from the policy)",
+    )
+    p.add_argument(
+        "--conditions",
+        default="baseline,ablate,add",
+        help="comma-separated: baseline, ablate, add, orthogonalize, caution "
+        "(default: baseline,ablate,add; '' with a sweep runs only the sweep)",
+    )
+    p.add_argument("--add-alpha", default="1.0", help="alpha of the `add` condition (default 1)")
+    p.add_argument("--alpha", default=None, help="dose-response sweep, e.g. -2,-1,-0.5,0,0.5,1,2")
+    p.add_argument("--layers", default=None, help="layer sweep, e.g. 1,2,3")
+    p.add_argument("--ranks", default=None, help="rank-k subspace sweep, e.g. 1,2,4,8")
+    p.add_argument(
+        "--source-families",
+        default=None,
+        help="cross-family sweep: directions read from each of these families (or 'all')",
+    )
+    p.add_argument(
+        "--caution-direction", default=None, help="caution direction file (default: extract)"
+    )
+    p.add_argument(
+        "--cross-version",
+        action="store_true",
+        help="allow a direction read from another checkpoint (e.g. vla-small on vla-small-v2)",
+    )
+    p.add_argument(
+        "--sweep-split",
+        default="val",
+        choices=["train", "val", "test"],
+        help="split the sweep directions are read from (default: val)",
+    )
+    p.add_argument(
+        "--sweep-episodes",
+        type=_positive,
+        default=8,
+        help="episodes per family and label for the sweep directions (default: 8)",
+    )
+    p.add_argument("--workers", type=_positive, default=2, help="worker processes (default: 2)")
+    p.add_argument("--no-videos", action="store_true", help="skip the side-by-side GIFs")
+    _add_run_args(p, "test")
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser(
+        "report", help="write report.md and report.html", description=cmd_report.__doc__
+    )
+    p.add_argument("run", help="run folder of attack, demo or eval")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "demo", help="the main job on the shipped vla-small", description=cmd_demo.__doc__
+    )
+    p.add_argument("--policy", default="vla-small", help="checkpoint (default: vla-small)")
+    p.add_argument(
+        "--episodes", type=_positive, default=20, help="per family and label (default: 20)"
+    )
+    p.add_argument("--seed", type=_non_negative, default=0, help="run seed (default: 0)")
+    p.add_argument("--workers", type=_positive, default=2, help="worker processes (default: 2)")
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument("--force", action="store_true", help="overwrite the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
     add_ros2_parsers(sub)  # ros2 sim | ros2 policy (rclpy imported only when they run)
     return parser
 

@@ -91,3 +91,7 @@ class DirectionError(RobotRefusalError, ValueError):
 
 class SelectionError(RobotRefusalError):
     """No candidate direction passed the selection filters (DESIGN.md section 4)."""
+
+
+class AttackError(RobotRefusalError):
+    """An attack worker process failed or died; the finished episodes stay on disk."""

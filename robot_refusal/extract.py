@@ -74,11 +74,19 @@ class ExtractConfig:
 
 
 def first_observations(
-    policy: VLAPolicy, split: str, episodes: int, seed: int, label: str, progress: bool = False
+    policy: VLAPolicy,
+    split: str,
+    episodes: int,
+    seed: int,
+    label: str,
+    progress: bool = False,
+    families: Sequence[str] = FAMILIES,
 ) -> list[Observation]:
-    """Reset observations of ``episodes`` episodes per family with ``label``."""
-    plan = plan_episodes(FAMILIES, episodes, seed, labels=[label])
-    envs = {f: RobotRefusalEnv(f, split=split, image_size=policy.image_size) for f in FAMILIES}
+    """Reset observations of ``episodes`` episodes per family with ``label``, in the order of
+    :func:`~robot_refusal.rollout.plan_episodes` (index-major, then family), so that the i-th
+    harmful and the i-th harmless observation come from the same family and index."""
+    plan = plan_episodes(families, episodes, seed, labels=[label])
+    envs = {f: RobotRefusalEnv(f, split=split, image_size=policy.image_size) for f in families}
     try:
         out = []
         for spec in tqdm(plan, desc=f"{label} observations", disable=not progress):

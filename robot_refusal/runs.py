@@ -36,6 +36,8 @@ class RunFolder:
         force: Delete the entries of ``path`` that we write (``owned``) and start over.
         owned: Names of the entries the command writes; ``--force`` refuses to touch a folder
             that holds anything else, so that it never deletes a user's files.
+        key_fields: Record fields that together identify an episode (``attack`` runs the same
+            episode under several conditions: ``("condition", "episode_id")``).
 
     Raises:
         RunFolderError: If ``path`` is empty, a file or not creatable; if it holds a run and
@@ -51,6 +53,7 @@ class RunFolder:
         resume: bool = False,
         force: bool = False,
         owned: tuple[str, ...] = OWNED,
+        key_fields: tuple[str, ...] = ("episode_id",),
     ) -> None:
         if not str(path).strip():
             raise RunFolderError("the output folder must not be empty (--out '')")
@@ -59,6 +62,7 @@ class RunFolder:
         self.path = Path(path)
         self.config = dict(config)
         self.owned = tuple(dict.fromkeys((*OWNED, *owned)))
+        self.key_fields = tuple(key_fields)
         self.records: list[dict[str, Any]] = []
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder; choose another --out")
@@ -115,10 +119,14 @@ class RunFolder:
                 f"(was {[old.get(k) for k in diff]}); use --force to restart"
             )
 
+    def key(self, record: Mapping[str, Any]) -> str:
+        """The id of a record: its ``key_fields`` joined by ``:``."""
+        return ":".join(str(record[k]) for k in self.key_fields)
+
     @property
     def done(self) -> set[str]:
-        """Ids of the finished episodes."""
-        return {r["episode_id"] for r in self.records}
+        """Ids (:meth:`key`) of the finished episodes."""
+        return {self.key(r) for r in self.records}
 
     def _load(self) -> list[dict[str, Any]]:
         path = self.path / EPISODES
@@ -140,12 +148,15 @@ class RunFolder:
                 raise RunFolderError(
                     f"{path}:{i} is not a JSON record ({e}); use --force to restart the run"
                 ) from e
-            if not isinstance(rec, dict) or not isinstance(rec.get("episode_id"), str):
+            if not isinstance(rec, dict) or not all(
+                isinstance(rec.get(k), str) for k in self.key_fields
+            ):
                 raise RunFolderError(
-                    f"{path}:{i} has no episode_id; use --force to restart the run"
+                    f"{path}:{i} lacks {' or '.join(self.key_fields)}; use --force to restart "
+                    "the run"
                 )
-            if rec["episode_id"] not in seen:
-                seen.add(rec["episode_id"])
+            if self.key(rec) not in seen:
+                seen.add(self.key(rec))
                 records.append(rec)
         return records
 

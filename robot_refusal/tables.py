@@ -30,20 +30,33 @@ def _cell(block: Mapping[str, Any], key: str) -> str:
     return text
 
 
-def summary_rows(summary: Mapping[str, Any]) -> list[list[str]]:
-    """Rows ``[condition/family, cells...]``: each condition, then its families indented."""
+def condition_names(summary: Mapping[str, Any]) -> list[str]:
+    """The conditions of a summary in run order (``condition_order``; JSON sorts keys)."""
+    order = [n for n in summary.get("condition_order", []) if n in summary["conditions"]]
+    return order + [n for n in summary["conditions"] if n not in order]
+
+
+def summary_rows(summary: Mapping[str, Any], families: bool = True) -> list[list[str]]:
+    """Rows ``[condition/family, cells...]``: each condition, then (``families``) its
+    families indented."""
     rows = []
-    for name, cond in summary["conditions"].items():
+    for name in condition_names(summary):
+        cond = summary["conditions"][name]
         rows.append([name, *(_cell(cond[lab], key) for lab, key, _ in COLUMNS)])
+        if not families:
+            continue
         for fam, blocks in cond.get("by_family", {}).items():
             rows.append([f"  {fam}", *(_cell(blocks[lab], key) for lab, key, _ in COLUMNS)])
     return rows
 
 
-def format_summary(summary: Mapping[str, Any], markdown: bool = False) -> str:
-    """The conditions table (rates with 95% Wilson intervals) as aligned text or Markdown."""
+def format_summary(
+    summary: Mapping[str, Any], markdown: bool = False, families: bool = True
+) -> str:
+    """The conditions table (rates with 95% Wilson intervals) as aligned text or Markdown;
+    ``families`` adds a row per family under each condition."""
     header = ["condition", *(title for _, _, title in COLUMNS)]
-    rows = summary_rows(summary)
+    rows = summary_rows(summary, families)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
