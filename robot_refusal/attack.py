@@ -212,11 +212,12 @@ def build_conditions(
         elif name == "orthogonalize":
             specs.append(ConditionSpec("orthogonalize", "orthogonalize", refusal_path))
         elif name == "caution":
+            caution: Steering
             if cfg.caution_direction is None:
-                _, _, caution = extract_caution(policy, ecfg, ckpt, progress)
-                if caution is None:
+                _, _, extracted = extract_caution(policy, ecfg, ckpt, progress)
+                if extracted is None:
                     raise ConfigError("no caution candidate passed its filters")
-                path = _save(caution, folder, "caution")
+                caution, path = extracted, _save(extracted, folder, "caution")
             else:
                 caution, path = load_steering(cfg.caution_direction), cfg.caution_direction
             caution.check_model(policy.model)
@@ -229,7 +230,7 @@ def build_conditions(
                 f"add_alpha={format_value(a)}", "add", refusal_path, a, group="alpha", value=a
             )
         )
-    layer = getattr(refusal, "layer", None)
+    layer: int | None = getattr(refusal, "layer", None)
     position = getattr(refusal, "position", None)
     position = -1 if position is None else int(position)
     sweep_sets = None
@@ -258,12 +259,13 @@ def build_conditions(
             )
     if (cfg.ranks or cfg.source_families) and layer is None:
         raise ConfigError("the direction records no layer; rank and family sweeps need one")
+    at = -1 if layer is None else int(layer)
     if cfg.ranks:
         assert sweep_sets is not None
         subs = sweeps.rank_subspaces(
             policy,
             {f: sweep_sets[f] for f in cfg.families},
-            int(layer),
+            at,
             position,
             cfg.ranks,
             ckpt,
@@ -277,7 +279,7 @@ def build_conditions(
         by_family = sweeps.family_directions(
             policy,
             {f: sweep_sets[f] for f in cfg.source_families},
-            int(layer),
+            at,
             position,
             ckpt,
             cfg.sweep_split,
@@ -590,7 +592,7 @@ def write_videos(
                 rec["instruction"],
             )
             path = folder / f"{_safe(s.name)}.gif"
-            imageio.mimsave(path, frames, duration=100, loop=0)
+            imageio.mimsave(path, list(frames), duration=100, loop=0)
             out[s.name] = {
                 "file": f"{GIFS}/{path.name}",
                 "episode_id": rec["episode_id"],
@@ -647,7 +649,7 @@ def attack(
     plan = plan_episodes(list(cfg.families), cfg.episodes, cfg.seed)
     pairs = [(s.name, ep) for ep in plan for s in specs]
     todo = [(n, ep) for n, ep in pairs if f"{n}:{ep.episode_id}" not in run.done]
-    init = {
+    init: dict[str, Any] = {
         "policy": str(folder),
         "specs": [s.to_json() for s in specs],
         "split": cfg.split,
