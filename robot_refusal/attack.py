@@ -59,7 +59,6 @@ from robot_refusal.runs import OWNED, SUMMARY, RunFolder
 log = logging.getLogger(__name__)
 DIRECTIONS = "directions"
 GIFS = "gifs"
-REPORT_FILES = ("report.md", "report.html", "plots")
 KEY_FIELDS = ("condition", "episode_id")
 VIDEO_SIZE = (160, 160)
 """(H, W) of the frames in the side-by-side GIFs, pixels."""
@@ -641,7 +640,7 @@ def attack(
         cfg.identity(),
         resume=resume,
         force=force,
-        owned=(*OWNED, DIRECTIONS, GIFS, *REPORT_FILES),
+        owned=(*OWNED, DIRECTIONS, GIFS),
         key_fields=KEY_FIELDS,
     )
     with one_thread():

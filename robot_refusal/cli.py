@@ -411,10 +411,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NUMERIC_LIST_OPTIONS = ("--alpha", "--add-alpha")
+"""Options whose value may start with a minus sign (``--alpha -2,-1,0``)."""
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--alpha -2,-1`` -> ``--alpha=-2,-1``: argparse would read ``-2,-1`` as an option."""
+    out, it = [], iter(argv)
+    for arg in it:
+        if arg in NUMERIC_LIST_OPTIONS:
+            nxt = next(it, None)
+            out.append(arg if nxt is None else f"{arg}={nxt}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``robot-refusal`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -22,7 +22,9 @@ SUMMARY = "summary.json"
 CONFIG = "config.json"
 
 
-OWNED = (CONFIG, EPISODES, SUMMARY)
+REPORT_FILES = ("report.md", "report.html", "plots")
+"""What ``robot-refusal report`` adds to a run folder."""
+OWNED = (CONFIG, EPISODES, SUMMARY, *REPORT_FILES)
 """Entries of a run folder that robot-refusal writes (and ``--force`` may delete)."""
 
 

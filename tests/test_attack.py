@@ -72,7 +72,7 @@ def test_parsers_reject_bad_values() -> None:
     ("extra", "message"),
     [
         (["--conditions", "baseline,jailbreak"], "unknown condition 'jailbreak'"),
-        (["--alpha", "0.5,high"], "'high' is not a number"),
+        (["--alpha", "-0.5,high"], "'high' is not a number"),  # a leading minus works
         (["--add-alpha", "lots"], "'lots' is not a number"),
         (["--direction", str(V2_DIRECTION)], "another checkpoint"),
         (["--ranks", "0"], "below 1"),
@@ -321,3 +321,11 @@ def test_direction_errors_name_the_problem(policy: VLAPolicy, tmp_path: Path) ->
         SteeredPolicy(policy, ConditionSpec("ablate", "ablate", "x"), narrow)
     with pytest.raises(ConfigError, match="layer must lie"):
         SteeredPolicy(policy, ConditionSpec("add", "add", "x", layer=9), load_steering(DIRECTION))
+
+
+@pytest.mark.parametrize("command", ["attack", "report", "demo"])
+def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: robot-refusal " + command in capsys.readouterr().out

@@ -123,6 +123,8 @@ class PolicyNode(Node):
     def _build_io(self) -> None:
         p, io = self.p, MutuallyExclusiveCallbackGroup()
         work = MutuallyExclusiveCallbackGroup()
+        # the e-stop never waits behind sensor callbacks or the watchdog in the io group
+        safety = MutuallyExclusiveCallbackGroup()
         image_group = work if p["trigger"] == "image" else io
         sensor, cmd, status = qos(SENSOR_QOS), qos(COMMAND_QOS), qos(STATUS_QOS)
         sub = self.create_subscription
@@ -130,8 +132,8 @@ class PolicyNode(Node):
         sub(JointState, p["joint_states_topic"], self._on_joints, sensor, callback_group=io)
         sub(String, p["instruction_topic"], self._on_instruction, status, callback_group=io)
         sub(PoseArray, p["person_topic"], self._on_person, sensor, callback_group=io)
-        sub(Bool, p["estop_topic"], self._on_estop, status, callback_group=io)
-        self.create_service(Trigger, p["stop_service"], self._on_stop, callback_group=io)
+        sub(Bool, p["estop_topic"], self._on_estop, status, callback_group=safety)
+        self.create_service(Trigger, p["stop_service"], self._on_stop, callback_group=safety)
         self.create_service(Trigger, p["rearm_service"], self._on_rearm, callback_group=io)
         self.twist_pub = self.create_publisher(TwistStamped, p["twist_topic"], cmd)
         self.traj_pub = self.create_publisher(JointTrajectory, p["trajectory_topic"], cmd)

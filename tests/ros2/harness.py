@@ -109,6 +109,8 @@ class Probe:
 
     Attributes:
         twists: (receive time, (3,) linear m/s) of every command.
+        twist_clock: (header stamp, wall-clock receive time) in s of every command, same order:
+            tells a late publish in the node from a late delivery.
         status: Parsed status JSON messages with their receive time under ``_t``.
         sim: Parsed sim_info JSON messages.
     """
@@ -129,6 +131,7 @@ class Probe:
         self.exec = SingleThreadedExecutor(context=self.ctx)
         self.exec.add_node(self.node)
         self.twists: list[tuple[float, np.ndarray]] = []
+        self.twist_clock: list[tuple[float, float]] = []
         self.status: list[dict[str, Any]] = []
         self.sim: list[dict[str, Any]] = []
         n = self.node
@@ -142,6 +145,8 @@ class Probe:
     def _twist(self, msg: Any) -> None:
         v = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z])
         self.twists.append((time.monotonic(), v))
+        sent = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        self.twist_clock.append((sent, time.time()))
 
     def _status(self, msg: Any) -> None:
         self.status.append({**json.loads(msg.data), "_t": time.monotonic()})
