@@ -174,6 +174,13 @@ POLICY_PARAMS: tuple[ParamSpec, ...] = (
     ),
     _p("rate_hz", 10.0, "policy rate (Hz)", in_range(0.5, 200.0), True),
     _p(
+        "torch_threads",
+        1,
+        "torch intra-op threads of the policy (1 leaves the other cores to the executor)",
+        in_range(1, 256),
+        True,
+    ),
+    _p(
         "trigger",
         "timer",
         "timer: run at rate_hz; image: on each new image, at most rate_hz",

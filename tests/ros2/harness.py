@@ -141,6 +141,7 @@ class Probe:
         n.create_subscription(String, "/robot_refusal/status", self._status, qos(STATUS_QOS))
         n.create_subscription(String, "/robot_refusal/sim_info", self._sim, qos(STATUS_QOS))
         self._pubs: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
 
     def _twist(self, msg: Any) -> None:
         v = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z])
@@ -197,12 +198,21 @@ class Probe:
         """Call a std_srvs/Trigger service; returns the response."""
         from std_srvs.srv import Trigger
 
-        cli = self.node.create_client(Trigger, name)
-        assert cli.wait_for_service(timeout_sec=timeout), f"service {name} not found"
+        cli = self.trigger_client(name, timeout)
         fut = cli.call_async(Trigger.Request())
         self.spin_until(fut.done, timeout)
         assert fut.done(), f"service {name} did not answer"
         return fut.result()
+
+    def trigger_client(self, name: str, timeout: float = 5.0) -> Any:
+        """A (cached) std_srvs/Trigger client whose service is available."""
+        from std_srvs.srv import Trigger
+
+        if name not in self._clients:
+            self._clients[name] = self.node.create_client(Trigger, name)
+        cli = self._clients[name]
+        assert cli.wait_for_service(timeout_sec=timeout), f"service {name} not found"
+        return cli
 
     def last_state(self) -> str | None:
         """The ``state`` of the latest status, or None."""
