@@ -49,6 +49,8 @@ def resolve_checkpoint(name: str | Path) -> Path:
     if isinstance(name, str) and "/" not in name and shipped.is_dir():
         return shipped
     path = Path(name)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"policy {path} is a file; give the checkpoint's folder")
     if not path.is_dir():
         avail = sorted(p.name for p in CHECKPOINTS.glob("*") if p.is_dir())
         raise CheckpointError(

@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import queue
 import re
+import shutil
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,13 +49,14 @@ from robot_refusal.errors import (
     AttackError,
     ConfigError,
     DirectionError,
+    RobotRefusalError,
     SelectionError,
     UnknownNameError,
 )
 from robot_refusal.metrics import summarize
 from robot_refusal.policies.policy import VLAPolicy, resolve_checkpoint
 from robot_refusal.rollout import EpisodeSpec, plan_episodes, run_episode, versions
-from robot_refusal.runs import OWNED, SUMMARY, RunFolder
+from robot_refusal.runs import CONFIG, OWNED, SUMMARY, RunFolder
 
 log = logging.getLogger(__name__)
 DIRECTIONS = "directions"
@@ -608,6 +610,18 @@ def write_videos(
 
 
 # -- the command -------------------------------------------------------------------------------
+def _remove_own(out: Path) -> None:
+    """Delete what a failed start wrote into a folder that was empty before."""
+    for name in (CONFIG, DIRECTIONS):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    with contextlib.suppress(OSError):
+        out.rmdir()
+
+
 def attack(
     cfg: AttackConfig, resume: bool = False, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -635,6 +649,8 @@ def attack(
         d = load_steering(cfg.direction)
         d.check_model(policy.model)
         _check_provenance(d, "direction", ckpt, cfg.cross_version)
+    out = Path(cfg.out)
+    fresh = not (out.is_dir() and any(out.iterdir()))
     run = RunFolder(
         cfg.out,
         cfg.identity(),
@@ -643,8 +659,19 @@ def attack(
         owned=(*OWNED, DIRECTIONS, GIFS),
         key_fields=KEY_FIELDS,
     )
-    with one_thread():
-        specs, provenance = build_conditions(cfg, policy, ckpt, progress)
+    try:
+        with one_thread():
+            specs, provenance = build_conditions(cfg, policy, ckpt, progress)
+            if not specs:
+                raise ConfigError(
+                    f"nothing to run: every sweep condition was skipped ({provenance['skipped']})"
+                )
+            for spec in specs:  # width, zero norm, layer range: here, not in a worker
+                SteeredPolicy(policy, spec)
+    except RobotRefusalError:
+        if fresh:  # leave no half-made run folder that blocks the corrected command
+            _remove_own(out)
+        raise
     plan = plan_episodes(list(cfg.families), cfg.episodes, cfg.seed)
     pairs = [(s.name, ep) for ep in plan for s in specs]
     todo = [(n, ep) for n, ep in pairs if f"{n}:{ep.episode_id}" not in run.done]

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from robot_refusal.errors import RobotRefusalError
 from robot_refusal.ros2.commands import add_parsers as add_ros2_parsers
@@ -244,21 +244,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit code 2, like the
+    errors the commands raise (``robot-refusal: error: <message> (see <command> --help)``)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` as one line and exit with code 2."""
+        self.exit(2, f"robot-refusal: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``robot-refusal``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="robot-refusal",
         description="Embodied robot-safety steering simulator (see README.md).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrorParser
+    )
 
     p = sub.add_parser(
         "eval",
         help="run closed-loop episodes of a policy over every family",
         description=cmd_eval.__doc__,
     )
-    p.add_argument("--policy", required=True, help="expert | unsafe-expert")
+    p.add_argument(
+        "--policy", required=True, help="expert | unsafe-expert | checkpoint folder or shipped name"
+    )
     _add_run_args(p, "test")
     p.set_defaults(func=cmd_eval)
 

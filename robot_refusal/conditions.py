@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from robot_refusal.adapters import get_adapter
-from robot_refusal.directions import Direction, Steering, Subspace
+from robot_refusal.directions import Direction, Steering, Subspace, as_basis
 from robot_refusal.errors import ConfigError, DirectionError, UnknownNameError
 from robot_refusal.interventions import (
     activation_addition,
@@ -181,7 +181,7 @@ class SteeredPolicy:
         steer: The loaded direction/subspace (loaded from ``spec.steer`` if None).
 
     Raises:
-        DirectionError: If the direction's width differs from the model's.
+        DirectionError: If the direction's width differs from the model's, or it is zero.
         ConfigError: If an ``add`` condition has no layer, or the layer is out of range.
     """
 
@@ -195,6 +195,7 @@ class SteeredPolicy:
             self.steer = load_steering(spec.steer)
         if self.steer is not None:
             self.steer.check_model(self.adapter.d_model)
+            as_basis(self.steer)  # a zero direction has no unit vector: DirectionError now
         self.layer: int | None = None
         if spec.intervention == "add":
             if not isinstance(self.steer, Direction):

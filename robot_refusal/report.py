@@ -144,8 +144,8 @@ def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[d
                 except json.JSONDecodeError as e:
                     raise RunFolderError(f"{ep}:{i} is not a JSON record ({e})") from e
     summary, config = data
-    if not isinstance(summary, dict) or not isinstance(summary.get("conditions"), dict):
-        raise RunFolderError(f"{path / SUMMARY} has no conditions")
+    if not isinstance(summary, dict) or not summary.get("conditions"):
+        raise RunFolderError(f"{path / SUMMARY} has no conditions; nothing to report")
     return summary, config, records
 
 

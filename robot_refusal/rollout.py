@@ -149,7 +149,7 @@ def run_episode(
 def versions() -> dict[str, str]:
     """Versions of Python and the packages that decide an episode's outcome."""
     out = {"python": platform.python_version()}
-    for pkg in ("robot-refusal", "numpy", "gymnasium", "pybullet"):
+    for pkg in ("robot-refusal", "numpy", "gymnasium", "pybullet", "torch", "transformers"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

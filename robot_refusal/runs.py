@@ -113,6 +113,11 @@ class RunFolder:
             raise RunFolderError(f"{cfg_path} is corrupt ({e}); use --force to restart") from e
         if not isinstance(old, dict):
             raise RunFolderError(f"{cfg_path} is not a JSON object; use --force to restart")
+        if "command" in self.config and "command" not in old:
+            raise RunFolderError(
+                f"cannot resume {self.path}: its {CONFIG} is not a robot-refusal run's; "
+                "choose another --out"
+            )
         keys = set(old) | set(self.config)
         diff = sorted(k for k in keys if old.get(k) != self.config.get(k))
         if diff:

@@ -76,6 +76,11 @@ def test_parsers_reject_bad_values() -> None:
         (["--add-alpha", "lots"], "'lots' is not a number"),
         (["--direction", str(V2_DIRECTION)], "another checkpoint"),
         (["--ranks", "0"], "below 1"),
+        (["--ranks", "1000", "--sweep-episodes", "1"], "rank k must lie in 1..1 (1 harmful"),
+        (["--layers", "0", "--conditions", ""], "nothing to run"),
+        (["--layers", "7"], "layers must lie in 0..3"),
+        (["--episodes", "0"], "expected an integer >= 1"),
+        (["--resume", "--force"], "not allowed with"),
     ],
 )
 def test_attack_bad_input_is_one_line_exit_2(
@@ -84,11 +89,15 @@ def test_attack_bad_input_is_one_line_exit_2(
     args = ["attack", "--policy", "vla-small", "--out", str(tmp_path / "run"), *SMALL]
     if "--direction" not in extra:
         args += ["--direction", str(DIRECTION)]
-    assert main([*args, *extra]) == 2
+    try:
+        code = main([*args, *extra])
+    except SystemExit as e:  # argparse's own errors, also one line
+        code = int(e.code or 0)
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("robot-refusal: error:") and message in err, err
     assert len(err.splitlines()) == 1
-    assert not (tmp_path / "run" / "episodes.jsonl").exists()
+    assert not (tmp_path / "run").exists()  # nothing left that would block the fixed command
 
 
 def test_attack_rejects_wrong_width_missing_policy_and_existing_folder(
@@ -110,6 +119,20 @@ def test_attack_rejects_wrong_width_missing_policy_and_existing_folder(
     assert (out / "episodes.jsonl").read_text().count("\n") == 1  # untouched
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    zero = Direction(torch.zeros(128), layer=3, position=-1)
+    zero.save(tmp_path / "zero")
+    fresh = tmp_path / "fresh"
+    args = ["attack", "--out", str(fresh), *SMALL, "--policy", "vla-small"]
+    assert main([*args, "--direction", str(tmp_path / "zero")]) == 2
+    assert "zero norm" in capsys.readouterr().err and not fresh.exists()
+    assert main([*args[:-1], str(tmp_path / "wide.json")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "summary.json").write_text('{"conditions": {}}')
+    (empty / "config.json").write_text("{}")
+    assert main(["report", str(empty)]) == 2
+    assert "no conditions" in capsys.readouterr().err
 
 
 # -- conditions on the real policy -------------------------------------------------------------

@@ -43,3 +43,12 @@ def test_corrupt_record_is_a_clear_error(tmp_path: Path) -> None:
         f.write("not json\n")
     with pytest.raises(RunFolderError, match=r"episodes.jsonl:2"):
         RunFolder(tmp_path / "r", CFG, resume=True)
+
+
+def test_resume_into_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "robot_refusal_vla", "hidden_size": 128}')
+    with pytest.raises(RunFolderError, match="not a robot-refusal run"):
+        RunFolder(folder, {"command": "attack", "seed": 0}, resume=True)
+    assert "hidden_size" in (folder / "config.json").read_text()  # untouched

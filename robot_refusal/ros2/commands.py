@@ -120,7 +120,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Add ``ros2 sim`` and ``ros2 policy`` to the CLI's subparsers."""
     ros = sub.add_parser("ros2", help="run the ROS 2 nodes (needs the ros2 extra)")
-    rsub = ros.add_subparsers(dest="ros2_command", required=True)
+    rsub = ros.add_subparsers(dest="ros2_command", required=True, parser_class=type(ros))
     for name, func, text in (
         ("sim", cmd_sim, "simulated robot node + policy node over ROS 2 (as launch/sim)"),
         ("policy", cmd_policy, "policy node only, for a real robot (as launch/hardware)"),
