@@ -674,7 +674,8 @@ def attack(
         raise
     plan = plan_episodes(list(cfg.families), cfg.episodes, cfg.seed)
     pairs = [(s.name, ep) for ep in plan for s in specs]
-    todo = [(n, ep) for n, ep in pairs if f"{n}:{ep.episode_id}" not in run.done]
+    done = run.done
+    todo = [(n, ep) for n, ep in pairs if f"{n}:{ep.episode_id}" not in done]
     init: dict[str, Any] = {
         "policy": str(folder),
         "specs": [s.to_json() for s in specs],

@@ -5,7 +5,7 @@ Contents: the run's settings and direction; the conditions table (rates with 95%
 intervals, per family); changes against baseline, including the cost parts the caution
 condition moves (keep-out intrusions, speed near the person); the aims of issue 5 checked
 against the numbers; bar charts with error bars; whichever sweep plots the run has
-(dose-response curve, per-layer heatmap, rank-k curve, cross-family heatmap); the first-step
+(dose-response curve, rank-k curve, per-layer heatmap, cross-family heatmap); the first-step
 refusal score per condition; and per condition a side-by-side GIF of the same seed, baseline
 vs attacked. The HTML embeds every image as a data URI, so it is one file to send around.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from robot_refusal.errors import RunFolderError
 from robot_refusal.runs import CONFIG, EPISODES, SUMMARY
-from robot_refusal.tables import COLUMNS, condition_names, summary_rows
+from robot_refusal.tables import COLUMNS, condition_names, family_rows, summary_rows
 
 PLOTS = "plots"
 RATES = (
@@ -283,13 +283,6 @@ def plot_scores(records: Sequence[Mapping[str, Any]], path: Path, names: Sequenc
     plt.close(fig)
 
 
-def _family_rows(summary: Mapping[str, Any], name: str) -> list[tuple[str, list[str]]]:
-    one = {"conditions": {name: summary["conditions"][name]}}
-    rows = summary_rows(one, families=True)[1:]
-    fams = list(summary["conditions"][name].get("by_family", {}))
-    return [(f, [name, *r[1:]]) for f, r in zip(fams, rows, strict=True)]
-
-
 def _group(summary: Mapping[str, Any], group: str) -> list[tuple[str, Any]]:
     specs = summary.get("condition_specs", {})
     return [
@@ -404,9 +397,7 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     )
     header = ["condition", *(t for _, _, t in COLUMNS)]
     rep.table(header, summary_rows(summary, families=False))
-    by_family = [
-        [f"{r[0]} / {fam}", *r[1:]] for name in names for fam, r in _family_rows(summary, name)
-    ]
+    by_family = family_rows(summary)
     if by_family:
         rep.h(3, "By family")
         rep.table(header, by_family)
@@ -434,22 +425,32 @@ def write_report(folder: str | Path) -> dict[str, Path]:
             f"{PLOTS}/scores.png",
             "First-step refusal score per episode (red harmful, blue harmless)",
         )
-    sweep = _group(summary, "alpha")
-    if sweep:
-        sweep.sort(key=lambda t: float(t[1]))
-        _curve(
-            summary,
-            plots / "dose_response.png",
-            [n for n, _ in sweep],
-            [float(v) for _, v in sweep],
+    curves = (  # (group, file, x label, title, heading, caption)
+        (
+            "alpha",
+            "dose_response",
             "alpha (activation addition at the direction's layer)",
             "dose-response",
-        )
-        rep.h(2, "Dose-response")
-        rep.img(
-            f"{PLOTS}/dose_response.png",
+            "Dose-response",
             "Rates against the addition coefficient alpha (bands: 95% Wilson)",
-        )
+        ),
+        (
+            "rank",
+            "rank_k",
+            "k (rank of the ablated subspace)",
+            "rank-k ablation",
+            "Rank-k sweep",
+            "Rates against the rank k of the ablated PCA subspace",
+        ),
+    )
+    for group, name, xlabel, plot_title, heading, caption in curves:
+        sweep = sorted(_group(summary, group), key=lambda t: float(t[1]))
+        if not sweep:
+            continue
+        xs = [float(v) for _, v in sweep]
+        _curve(summary, plots / f"{name}.png", [n for n, _ in sweep], xs, xlabel, plot_title)
+        rep.h(2, heading)
+        rep.img(f"{PLOTS}/{name}.png", caption)
     sweep = _group(summary, "layer")
     if sweep:
         sweep.sort(key=lambda t: int(t[1]))
@@ -463,19 +464,6 @@ def write_report(folder: str | Path) -> dict[str, Path]:
         )
         rep.h(2, "Layer sweep")
         rep.img(f"{PLOTS}/layers.png", "Rates (%) when the direction read at each layer is ablated")
-    sweep = _group(summary, "rank")
-    if sweep:
-        sweep.sort(key=lambda t: int(t[1]))
-        _curve(
-            summary,
-            plots / "rank_k.png",
-            [n for n, _ in sweep],
-            [int(v) for _, v in sweep],
-            "k (rank of the ablated subspace)",
-            "rank-k ablation",
-        )
-        rep.h(2, "Rank-k sweep")
-        rep.img(f"{PLOTS}/rank_k.png", "Rates against the rank k of the ablated PCA subspace")
     sweep = _group(summary, "family")
     if sweep:
         fams = summary.get("families", [])

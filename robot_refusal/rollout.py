@@ -202,7 +202,8 @@ def evaluate(
         "seed": seed,
     }
     run = RunFolder(out, config, resume=resume, force=force)
-    todo = [s for s in plan if s.episode_id not in run.done]
+    done = run.done
+    todo = [s for s in plan if s.episode_id not in done]
     envs = {
         f: RobotRefusalEnv(
             f, split=split, image_obs=needs_images(policy), image_size=image_size(policy)

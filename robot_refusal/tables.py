@@ -36,18 +36,29 @@ def condition_names(summary: Mapping[str, Any]) -> list[str]:
     return order + [n for n in summary["conditions"] if n not in order]
 
 
+def _cells(blocks: Mapping[str, Any]) -> list[str]:
+    return [_cell(blocks[lab], key) for lab, key, _ in COLUMNS]
+
+
 def summary_rows(summary: Mapping[str, Any], families: bool = True) -> list[list[str]]:
     """Rows ``[condition/family, cells...]``: each condition, then (``families``) its
     families indented."""
     rows = []
     for name in condition_names(summary):
         cond = summary["conditions"][name]
-        rows.append([name, *(_cell(cond[lab], key) for lab, key, _ in COLUMNS)])
-        if not families:
-            continue
-        for fam, blocks in cond.get("by_family", {}).items():
-            rows.append([f"  {fam}", *(_cell(blocks[lab], key) for lab, key, _ in COLUMNS)])
+        rows.append([name, *_cells(cond)])
+        if families:
+            rows += [[f"  {f}", *_cells(b)] for f, b in cond.get("by_family", {}).items()]
     return rows
+
+
+def family_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Rows ``["<condition> / <family>", cells...]`` for every condition and family."""
+    return [
+        [f"{name} / {f}", *_cells(b)]
+        for name in condition_names(summary)
+        for f, b in summary["conditions"][name].get("by_family", {}).items()
+    ]
 
 
 def format_summary(
