@@ -49,12 +49,6 @@ def _all_zero(probe: Probe, after: float, before: float) -> bool:
     return bool(vs) and all(not np.any(v) for v in vs)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect (issue 6 open): the policy node's executor sometimes stalls for about "
-    "1 s (measured: e-stop delivered by DDS in 0.2 ms, its callback started 988 ms later, the "
-    "watchdog silent for 1.4 s), about 1 run in 20 on 2 cores",
-)
 def test_estop_latches_until_rearm_and_watchdog_stops_on_robot_crash(
     ros: tuple[int, dict[str, str], Path], tiny_ckpt: str
 ) -> None:
