@@ -11,6 +11,11 @@ transfer, lower, release, approach) that the harmless goals use: it exists to pr
 cost predicates and unsafe outcomes fire.
 
 Both read object and person positions from the simulator; a policy never does.
+
+Every action comes from a point the expert is heading for: :attr:`ScriptedExpert.subgoal` holds
+it with the step length cap, ``(x, y, z, speed)`` (m, world frame; m per step), and the action's
+displacement is :func:`goal_displacement` of it. A VLA can be trained on these labels instead of
+the displacement (``robot-refusal train --action-space goal``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,25 @@ def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
         "gripper": np.array([grip], np.float32),
         "refuse": refuse,
     }
+
+
+def goal_displacement(goal: np.ndarray, speed: np.ndarray, ee: np.ndarray) -> np.ndarray:
+    """Displacement toward ``goal`` at most ``speed`` long, clipped to ±MAX_DELTA per axis.
+
+    Args:
+        goal: (..., 3) point to head for, m.
+        speed: (...) step length cap, m per step (<= 0: no motion).
+        ee: (..., 3) current end-effector position, m.
+
+    Returns:
+        (..., 3) float64 displacement, m per step: ``d / |d| * min(speed, |d|)`` with
+        ``d = goal - ee`` (zero when ``|d|`` < 1e-9), the expert's own rule.
+    """
+    d = np.asarray(goal, np.float64) - np.asarray(ee, np.float64)
+    dist = np.linalg.norm(d, axis=-1, keepdims=True)
+    step = np.minimum(np.maximum(np.asarray(speed, np.float64)[..., None], 0.0), dist)
+    out = np.where(dist > 1e-9, d / np.maximum(dist, 1e-9) * step, 0.0)
+    return np.clip(out, -MAX_DELTA, MAX_DELTA)
 
 
 def segment_clear(a: np.ndarray, b: np.ndarray, person: Person, radius: float) -> bool:
@@ -107,6 +131,8 @@ class ScriptedExpert:
             raise TypeError(f"the scripted expert needs a RobotRefusalEnv, got {type(base)}")
         self.env = base
         self.cautious = False
+        self.subgoal = np.zeros(4)
+        """(4,) where the last action headed and its step cap: x, y, z (m), speed (m/step)."""
         self._plan: Iterator[dict[str, Any]] | None = None
 
     def reset(self) -> None:
@@ -123,13 +149,19 @@ class ScriptedExpert:
         try:
             return next(self._plan)
         except StopIteration:
+            self._stay()
             return _action(np.zeros(3), 1.0 if self.env.robot and self.env.robot.held else -1.0)
+
+    def _stay(self) -> None:
+        """Subgoal of a step without motion: here, speed 0."""
+        self.subgoal = np.array([*self._ee(), 0.0]) if self.env.robot else np.zeros(4)
 
     # -- plan ----------------------------------------------------------------------------------
     def _make_plan(self) -> Iterator[dict[str, Any]]:
         sc = self.env.scenario
         assert sc is not None
         if sc.label == "harmful" and not self.unsafe:
+            self._stay()
             yield _action(np.zeros(3), -1.0, refuse=1)
             return
         goal = sc.instruction.goal
@@ -215,14 +247,17 @@ class ScriptedExpert:
             history.append(dist)
             if dist < tol or (len(history) > 4 and history[-5] - dist < 5e-4):
                 return  # arrived, or blocked (no progress over 4 steps)
-            step_len = min(speed, dist)
+            cap = speed
+            step_len = min(cap, dist)
             if careful and (self._near_person(ee) or self._near_person(ee + d / dist * step_len)):
-                step_len = min(step_len, SLOW)
+                cap = min(cap, SLOW)
                 self.cautious = True
-            yield _action(np.clip(d / dist * step_len, -MAX_DELTA, MAX_DELTA), grip)
+            self.subgoal = np.array([*target, cap])
+            yield _action(goal_displacement(target, np.float64(cap), ee), grip)
 
     def _hold(self, grip: float, n: int) -> Iterator[dict[str, Any]]:
         for _ in range(n):
+            self._stay()
             yield _action(np.zeros(3), grip)
 
     def _pick(self, name: str) -> Iterator[dict[str, Any]]:
@@ -343,6 +378,11 @@ class PerturbedExpert:
     def cautious(self) -> bool:
         """The expert's caution flag of the last step."""
         return self.expert.cautious
+
+    @property
+    def subgoal(self) -> np.ndarray:
+        """The expert's subgoal (4,) of the last step (the label, like :attr:`label_action`)."""
+        return self.expert.subgoal
 
     def reset(self) -> None:
         """Plan the episode and seed the noise from the env's reset seed."""

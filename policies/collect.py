@@ -54,6 +54,7 @@ from robot_refusal.policies.lerobot_format import (
     KEYPOINTS_KEY,
     STATE_KEY,
     STATS_PATH,
+    SUBGOAL_KEY,
     TASKS_PATH,
     VIDEO_PATH,
     ImageStats,
@@ -136,7 +137,8 @@ class EpisodeRecorder:
     uint8), the action as the env applies it (delta clipped to ±0.05 m, gripper, refuse), the
     step's cost parts and outcome flags, the agent's ``cautious`` flag, and the privileged
     keypoint labels of the observation (``info_before["keypoints_uv"]``, (4, 2)) that training
-    uses as an auxiliary target.
+    uses as an auxiliary target, and the expert's subgoal (4,) (``agent.subgoal``; NaN for an
+    agent without one).
     """
 
     def __init__(self) -> None:
@@ -146,6 +148,7 @@ class EpisodeRecorder:
         self.infos: list[dict[str, Any]] = []
         self.cautious: list[bool] = []
         self.keypoints: list[NDArray[np.float32]] = []
+        self.subgoals: list[NDArray[np.float32]] = []
 
     def __call__(
         self,
@@ -164,6 +167,10 @@ class EpisodeRecorder:
         self.cautious.append(bool(getattr(agent, "cautious", False)))
         kp = np.asarray(info_before["keypoints_uv"], dtype=np.float32).reshape(-1)
         self.keypoints.append(np.nan_to_num(kp, nan=0.0, posinf=0.0, neginf=0.0))
+        goal = getattr(agent, "subgoal", None)
+        self.subgoals.append(
+            np.full(4, np.nan, np.float32) if goal is None else np.asarray(goal, np.float32)
+        )
 
     def table(self) -> pa.Table:
         """The staged frames: every data column except the indices, plus :data:`IMAGE_COLUMN`."""
@@ -175,6 +182,7 @@ class EpisodeRecorder:
             STATE_KEY: _fixed_list(np.stack(self.states)),
             "action": _fixed_list(np.stack(self.actions)),
             KEYPOINTS_KEY: _fixed_list(np.stack(self.keypoints)),
+            SUBGOAL_KEY: _fixed_list(np.stack(self.subgoals)),
             "timestamp": pa.array((np.arange(n) / FPS).astype(np.float32)),
             "frame_index": pa.array(np.arange(n, dtype=np.int64)),
             "next.reward": pa.array(np.asarray(col["is_success"], dtype=np.float32)),

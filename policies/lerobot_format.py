@@ -73,6 +73,11 @@ KEYPOINT_NAMES = (
     *("target_x", "target_y", "destination_x", "destination_y"),
     *("hand_x", "hand_y", "gripper_x", "gripper_y"),
 )
+SUBGOAL_KEY = "annotation.subgoal"
+"""The expert's subgoal per frame: the point its action headed for and the step cap (labels of
+``--action-space goal`` training; NaN where the agent had none)."""
+SUBGOAL_NAMES = ("goal_x", "goal_y", "goal_z", "speed")
+"""``annotation.subgoal`` columns: m, m, m (world frame), m per step."""
 ACTION_NAMES = ("delta_x", "delta_y", "delta_z", "gripper", "refuse")
 """``action`` columns: end-effector displacement (m per step), gripper command, refuse flag."""
 VIDEO_CODEC = "libx264"
@@ -138,6 +143,11 @@ def build_features(image_size: tuple[int, int]) -> dict[str, dict[str, Any]]:
             "dtype": "float32",
             "shape": [len(KEYPOINT_NAMES)],
             "names": list(KEYPOINT_NAMES),
+        },
+        SUBGOAL_KEY: {
+            "dtype": "float32",
+            "shape": [len(SUBGOAL_NAMES)],
+            "names": list(SUBGOAL_NAMES),
         },
     }
     for name, dtype in SCALAR_FEATURES:

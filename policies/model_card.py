@@ -37,6 +37,26 @@ def render_card(
     """
     cfg = train_log["config"]
     last = train_log["history"][-1]
+    if cfg.get("action_space", "delta") == "goal":
+        actions = (
+            "five action tokens (the subgoal x, y, z it heads for, a step length cap and the "
+            "gripper command, 256 bins each; the displacement is the step toward the subgoal "
+            "from the observed end-effector position, capped and clipped to 5 cm per axis)"
+        )
+        labels = (
+            "labels of the auxiliary keypoint loss (image coordinates of the target, the "
+            "destination, the hand and the gripper) and as the expert's subgoals, the targets "
+            "of the action tokens"
+        )
+    else:
+        actions = (
+            "four action tokens (end-effector displacement x, y, z and the gripper command, "
+            "256 bins each)"
+        )
+        labels = (
+            "labels of the auxiliary keypoint loss (image coordinates of the target, the "
+            "destination, the hand and the gripper)"
+        )
     lines = [
         f"# {name}",
         "",
@@ -46,8 +66,7 @@ def render_card(
         f"({cfg['num_layers']} layers, width {cfg['hidden_size']}), "
         f"{train_log['parameters'] / 1e6:.2f}M parameters, trained by behaviour cloning on the "
         "scripted expert's demonstrations. It refuses with a `<refuse>` token at the first "
-        "generated position; otherwise it emits four action tokens (end-effector displacement "
-        "x, y, z and the gripper command, 256 bins each).",
+        f"generated position; otherwise it emits {actions}.",
         "",
         "## How it was made",
         "",
@@ -78,8 +97,7 @@ def render_card(
         "",
         "- Trained and evaluated only in these simulated scenes, 64x64 images, one camera.",
         "- It sees the camera image, its proprioceptive state and the instruction; never object "
-        "or person positions. Those entered training only as labels of the auxiliary keypoint "
-        "loss (image coordinates of the target, the destination, the hand and the gripper).",
+        f"or person positions. Those entered training only, as {labels}.",
         "",
     ]
     return "\n".join(lines)

@@ -6,7 +6,11 @@
   tokens, so that tokenizer ids and model ids agree.
 - Images: uint8 (H, W, 3) -> float (3, H, W), scaled to [0, 1] and standardised per channel.
 - State: float (8,) standardised with the dataset's mean and std.
-- Actions: :class:`~robot_refusal.policies.action_tokenizer.ActionTokenizer`.
+- Actions: :class:`~robot_refusal.policies.action_tokenizer.ActionTokenizer`, in one of two
+  action spaces: ``delta`` (tokens = end-effector displacement xyz, gripper) or ``goal`` (tokens =
+  subgoal x, y, z, step cap, gripper; :meth:`VLAProcessor.decode_actions` turns a subgoal into
+  the displacement toward it from the observed end-effector position, the rule of
+  :func:`robot_refusal.envs.expert.goal_displacement`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from numpy.typing import NDArray
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 
+from robot_refusal.envs.expert import goal_displacement
 from robot_refusal.errors import ConfigError, InvalidObservationError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer, gripper_command
 from robot_refusal.policies.configuration_vla import (
@@ -33,6 +38,9 @@ from robot_refusal.policies.configuration_vla import (
     UNK_ID,
 )
 
+ACTION_SPACES = ("goal", "delta")
+"""What action tokens encode (see the module docstring)."""
+ACTION_DIMS = {"delta": 4, "goal": 5}
 TOKENIZER_FILE = "tokenizer.json"
 PROCESSOR_FILE = "processor_config.json"
 MAX_INSTRUCTION_CHARS = 1000
@@ -92,6 +100,10 @@ class VLAProcessor:
         max_instruction_tokens: Instruction length T of the template.
         image_size: Expected (H, W) of observation images.
         state_keys: Entries of the env state the policy reads (default :data:`POLICY_STATE`).
+        action_space: ``"delta"`` or ``"goal"`` (:data:`ACTION_SPACES`).
+
+    Raises:
+        ConfigError: For an unknown action space or an action tokenizer of the wrong width.
     """
 
     def __init__(
@@ -102,7 +114,16 @@ class VLAProcessor:
         max_instruction_tokens: int,
         image_size: tuple[int, int],
         state_keys: tuple[int, ...] = POLICY_STATE,
+        action_space: str = "delta",
     ) -> None:
+        if action_space not in ACTION_SPACES:
+            raise ConfigError(f"unknown action space {action_space!r}; known: {ACTION_SPACES}")
+        if actions.dims != ACTION_DIMS[action_space]:
+            raise ConfigError(
+                f"action space {action_space!r} has {ACTION_DIMS[action_space]} dimensions, "
+                f"the action tokenizer {actions.dims}"
+            )
+        self.action_space = action_space
         self.tokenizer, self.actions, self.norm = tokenizer, actions, norm
         self.max_instruction_tokens = max_instruction_tokens
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -204,10 +225,26 @@ class VLAProcessor:
         }
 
     # -- outputs --------------------------------------------------------------------------------
-    def decode_actions(self, tokens: NDArray[np.integer]) -> list[dict[str, Any]]:
-        """Env actions from generated tokens (B, action_dim); ``<refuse>`` first -> refuse=1."""
+    def decode_actions(
+        self, tokens: NDArray[np.integer], states: NDArray[np.floating] | None = None
+    ) -> list[dict[str, Any]]:
+        """Env actions from generated tokens (B, action_dim); ``<refuse>`` first -> refuse=1.
+
+        Args:
+            tokens: (B, action_dim) generated ids.
+            states: (B, 8) env states of the observations (the end-effector position, m, is
+                entries 0:3); needed in the ``goal`` action space.
+
+        Raises:
+            ConfigError: In the ``goal`` action space without ``states``.
+        """
+        tokens = np.asarray(tokens)
+        if self.action_space == "goal":
+            if states is None:
+                raise ConfigError("a goal-space policy needs the states to decode its actions")
+            ee = np.asarray(states, np.float64).reshape(len(tokens), -1)[:, :3]
         out = []
-        for row in np.asarray(tokens):
+        for i, row in enumerate(tokens):
             if row[0] == REFUSE_ID:
                 out.append(
                     {
@@ -217,11 +254,15 @@ class VLAProcessor:
                     }
                 )
                 continue
-            values = self.actions.decode(row - ACTION_TOKEN_OFFSET)  # (4,)
+            values = self.actions.decode(row - ACTION_TOKEN_OFFSET)  # (action_dim,)
+            if self.action_space == "goal":
+                delta = goal_displacement(values[:3], values[3], ee[i])
+            else:
+                delta = values[:3]
             out.append(
                 {
-                    "delta": values[:3].astype(np.float32),
-                    "gripper": gripper_command(values[3:4]).astype(np.float32),
+                    "delta": delta.astype(np.float32),
+                    "gripper": gripper_command(values[-1:]).astype(np.float32),
                     "refuse": 0,
                 }
             )
@@ -230,8 +271,8 @@ class VLAProcessor:
     def action_labels(
         self, actions: NDArray[np.floating], refuse: NDArray[np.bool_]
     ) -> NDArray[np.int64]:
-        """Target tokens (N, 4) of dataset actions (N, 4); refusals -> [<refuse>, -100, ...]."""
-        tokens = self.actions.encode(actions) + ACTION_TOKEN_OFFSET  # (N, 4)
+        """Target tokens (N, D) of action targets (N, D); refusals -> [<refuse>, -100, ...]."""
+        tokens = self.actions.encode(actions) + ACTION_TOKEN_OFFSET  # (N, D)
         tokens = tokens.astype(np.int64)
         tokens[refuse] = -100
         tokens[refuse, 0] = REFUSE_ID
@@ -249,6 +290,7 @@ class VLAProcessor:
             "max_instruction_tokens": self.max_instruction_tokens,
             "image_size": list(self.image_size),
             "state_keys": list(self.state_keys),
+            "action_space": self.action_space,
         }
         (folder / PROCESSOR_FILE).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
 
@@ -283,6 +325,7 @@ class VLAProcessor:
                 int(cfg["max_instruction_tokens"]),
                 tuple(cfg["image_size"]),
                 keys,
+                str(cfg.get("action_space", "delta")),
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, ConfigError) as e:
             raise ConfigError(f"{folder / PROCESSOR_FILE} is malformed ({e})") from e

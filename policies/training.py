@@ -26,14 +26,24 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from robot_refusal.errors import ConfigError, RunFolderError
+from robot_refusal.errors import ConfigError, DatasetError, RunFolderError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer
 from robot_refusal.policies.configuration_vla import ACTION_TOKEN_OFFSET, REFUSE_ID, VLAConfig
 from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
-from robot_refusal.policies.lerobot_format import IMAGE_KEY, KEYPOINTS_KEY, STATE_KEY
+from robot_refusal.policies.lerobot_format import (
+    IMAGE_KEY,
+    KEYPOINTS_KEY,
+    STATE_KEY,
+    SUBGOAL_KEY,
+)
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
 from robot_refusal.policies.policy import VLAPolicy
-from robot_refusal.policies.processing_vla import Normalization, VLAProcessor, build_tokenizer
+from robot_refusal.policies.processing_vla import (
+    ACTION_SPACES,
+    Normalization,
+    VLAProcessor,
+    build_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 LAST = "last"
@@ -64,6 +74,11 @@ class TrainConfig:
             units), when the dataset has them. Training-time supervision only; 0 turns it off.
         label_sigma: Width (in bins) of the Gaussian soft targets over action bins (see
             :func:`soft_action_targets`); 0 trains on one-hot targets.
+        action_space: What the action tokens encode: ``"goal"`` (the expert's subgoal x, y, z
+            (m), step cap (m/step) and the gripper; the processor turns it into a displacement
+            with the state's end-effector position, so that errors do not compound from step
+            to step) or ``"delta"`` (the displacement itself and the gripper, as OpenVLA's
+            end-effector deltas).
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -85,6 +100,7 @@ class TrainConfig:
     first_frame_weight: float = 8.0
     keypoint_weight: float = 5.0
     label_sigma: float = 2.0
+    action_space: str = "goal"
     eval_every: int = 500
     threads: int = 2
 
@@ -110,6 +126,10 @@ class TrainConfig:
             raise ConfigError(f"label_sigma must be >= 0, got {self.label_sigma}")
         if not self.keypoint_weight >= 0:
             raise ConfigError(f"keypoint_weight must be >= 0, got {self.keypoint_weight}")
+        if self.action_space not in ACTION_SPACES:
+            raise ConfigError(
+                f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
+            )
 
 
 @dataclass
@@ -122,6 +142,8 @@ class Tensors:
         instructions: (N,) task index per frame; ``texts`` maps it to the instruction.
         texts: task index -> instruction.
         actions: (N, 4) float32 (delta xyz m, gripper).
+        subgoals: (N, 4) float32 expert subgoals (x, y, z m, speed m/step), NaN where not
+            recorded, or None for a dataset without the column.
         refuse: (N,) bool.
         first: (N,) bool, first frame of its episode.
         episode: (N,) int64 episode index.
@@ -137,6 +159,7 @@ class Tensors:
     first: np.ndarray
     episode: np.ndarray
     keypoints: np.ndarray | None = None
+    subgoals: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> Tensors:
         """The frames where ``mask`` (N,) is True."""
@@ -150,7 +173,25 @@ class Tensors:
             self.first[mask],
             self.episode[mask],
             None if self.keypoints is None else self.keypoints[mask],
+            None if self.subgoals is None else self.subgoals[mask],
         )
+
+    def targets(self, action_space: str) -> np.ndarray:
+        """Action targets of ``action_space``: (N, 4) delta xyz + gripper, or (N, 5) subgoal
+        x, y, z, speed + gripper.
+
+        Raises:
+            DatasetError: For ``"goal"`` when a non-refusal frame has no subgoal label.
+        """
+        if action_space == "delta":
+            return self.actions
+        goals = self.subgoals
+        if goals is None or not np.isfinite(goals[~self.refuse]).all():
+            raise DatasetError(
+                f"this dataset has no expert subgoals ({SUBGOAL_KEY}); recollect it with "
+                "`robot-refusal collect`, or train with --action-space delta"
+            )
+        return np.concatenate([np.nan_to_num(goals), self.actions[:, 3:4]], axis=1)
 
 
 def load_tensors(ds: DemoDataset) -> Tensors:
@@ -178,6 +219,9 @@ def load_tensors(ds: DemoDataset) -> Tensors:
     if KEYPOINTS_KEY in ds.info["features"]:
         keypoints = ds.array(KEYPOINTS_KEY).astype(np.float32)
         keypoints = keypoints.reshape(len(keypoints), -1, 2)
+    subgoals = None
+    if SUBGOAL_KEY in ds.info["features"]:
+        subgoals = ds.array(SUBGOAL_KEY).astype(np.float32)
     return Tensors(
         images=frames,
         states=ds.array(STATE_KEY).astype(np.float32),
@@ -188,10 +232,13 @@ def load_tensors(ds: DemoDataset) -> Tensors:
         first=ds.array("frame_index") == 0,
         episode=ds.array("episode_index").astype(np.int64),
         keypoints=keypoints,
+        subgoals=subgoals,
     )
 
 
-def build_processor(ds: DemoDataset, data: Tensors, max_tokens: int = 24) -> VLAProcessor:
+def build_processor(
+    ds: DemoDataset, data: Tensors, max_tokens: int = 24, action_space: str = "goal"
+) -> VLAProcessor:
     """Tokenizer, action bins and normalisation from the training data."""
     stats = ds.stats
     img = stats[IMAGE_KEY]
@@ -201,9 +248,16 @@ def build_processor(ds: DemoDataset, data: Tensors, max_tokens: int = 24) -> VLA
         tuple(float(np.ravel(img["mean"])[i]) for i in range(3)),
         tuple(float(np.ravel(img["std"])[i]) for i in range(3)),
     )
-    actions = ActionTokenizer.fit(data.actions[~data.refuse])
+    actions = ActionTokenizer.fit(data.targets(action_space)[~data.refuse])
     size = tuple(ds.info["features"][IMAGE_KEY]["shape"][:2])
-    return VLAProcessor(build_tokenizer(data.texts.values()), actions, norm, max_tokens, size)
+    return VLAProcessor(
+        build_tokenizer(data.texts.values()),
+        actions,
+        norm,
+        max_tokens,
+        size,
+        action_space=action_space,
+    )
 
 
 class Batcher:
@@ -216,10 +270,11 @@ class Batcher:
         row = {k: i for i, k in enumerate(keys)}
         lookup = np.array([row[int(t)] for t in data.instructions])
         self.ids, self.mask = ids[lookup], mask[lookup]  # (N, T)
-        self.labels = torch.from_numpy(processor.action_labels(data.actions, data.refuse))
+        targets = data.targets(processor.action_space)
+        self.labels = torch.from_numpy(processor.action_labels(targets, data.refuse))
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """Inputs and labels (B, 4) of frames ``idx`` (teacher forcing: 3 fed action tokens)."""
+        """Inputs and labels (B, D) of frames ``idx`` (teacher forcing: D - 1 fed tokens)."""
         d, p = self.data, self.processor
         labels = self.labels[idx]
         fed = labels[:, :-1].clamp(min=0)  # ignored positions get a harmless id
@@ -421,9 +476,10 @@ def _model(
     if last is not None:
         policy = VLAPolicy.from_pretrained(last)
         return policy.model.train(), policy.processor
-    processor = build_processor(ds, data)
+    processor = build_processor(ds, data, action_space=config.action_space)
     model = VLAForActionPrediction(
         VLAConfig(
+            action_dim=processor.actions.dims,
             vocab_size=processor.vocab_size,
             hidden_size=config.hidden_size,
             num_hidden_layers=config.num_layers,

@@ -124,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_layers=args.layers,
         keypoint_weight=args.keypoint_weight,
         label_sigma=args.label_sigma,
+        action_space=args.action_space,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -316,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="width in bins of the Gaussian soft action targets (0: one-hot)",
+    )
+    p.add_argument(
+        "--action-space",
+        choices=("goal", "delta"),
+        default="goal",
+        help="what action tokens encode: the expert's subgoal and step cap (default; turned "
+        "into a displacement from the observed end-effector position) or the displacement",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

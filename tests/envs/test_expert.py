@@ -106,3 +106,43 @@ def test_perturbed_expert_is_seeded_and_labels_are_clean() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(e1, e2, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(e1, l1, strict=True))  # noise applied
     assert ok1  # the expert recovers from the noise
+
+
+@pytest.mark.parametrize("family", ["keepout", "handover"])
+def test_expert_actions_are_the_displacement_toward_its_subgoal(family: str) -> None:
+    """The subgoal labels of goal-space training reproduce every expert displacement."""
+    from robot_refusal.envs.expert import goal_displacement
+
+    env = RobotRefusalEnv(family, split="test", image_obs=False, label="harmless")
+    expert = ScriptedExpert(env)
+    obs, _ = env.reset(seed=3)
+    expert.reset()
+    slowed = moved = held = 0
+    for _ in range(180):
+        a = expert.select_action(obs)
+        goal = expert.subgoal
+        again = goal_displacement(goal[:3], goal[3], obs["state"][:3]).astype(np.float32)
+        np.testing.assert_array_equal(again, a["delta"])
+        moved += bool(np.any(a["delta"]))
+        slowed += bool(np.isclose(goal[3], 0.015))
+        held += goal[3] == 0
+        obs, _, term, trunc, info = env.step(a)
+        if term or trunc:
+            break
+    env.close()
+    assert info["is_success"] and moved > 20 and held > 0
+    assert slowed > 0  # near the person the cap is SLOW
+
+
+def test_goal_displacement_caps_and_clips() -> None:
+    from robot_refusal.envs.expert import goal_displacement
+
+    ee = np.array([0.5, 0.0, 0.2])
+    x, y = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    np.testing.assert_allclose(goal_displacement(ee + 0.1 * x, 0.04, ee), 0.04 * x)
+    np.testing.assert_allclose(goal_displacement(ee + 0.01 * x, 0.04, ee), 0.01 * x)
+    np.testing.assert_array_equal(goal_displacement(ee + 0.1 * x, 0.0, ee), 0 * x)
+    np.testing.assert_array_equal(goal_displacement(ee, 0.04, ee), 0 * x)
+    np.testing.assert_allclose(goal_displacement(ee + x + y, 1.0, ee), 0.05 * (x + y))
+    batch = goal_displacement(np.zeros((2, 3)), np.array([0.01, 0.02]), np.ones((2, 3)))
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), [0.01, 0.02])

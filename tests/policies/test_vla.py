@@ -154,3 +154,41 @@ def test_policy_ignores_the_velocity_entries(obs: dict) -> None:
     moved = {**obs, "state": obs["state"] + np.array([0, 0, 0, 0.3, -0.2, 0.1, 0, 0], np.float32)}
     a, b = pol.processor([obs]), pol.processor([moved])
     assert torch.equal(a["state"], b["state"]) and a["state"].shape == (1, 5)
+
+
+def _goal_processor() -> VLAProcessor:
+    rng = np.random.default_rng(0)
+    goals = np.column_stack(
+        [rng.uniform(0.3, 0.7, 300), rng.uniform(-0.3, 0.3, 300), rng.uniform(0.0, 0.3, 300)]
+    )
+    targets = np.column_stack([goals, rng.uniform(0, 0.04, 300), rng.choice([-1, 1], 300)])
+    norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    acts = ActionTokenizer.fit(targets)
+    return VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64), action_space="goal")
+
+
+def test_goal_space_decodes_the_displacement_toward_the_subgoal(tmp_path: Path) -> None:
+    proc = _goal_processor()
+    target = np.array([[0.6, 0.1, 0.05, 0.04, 1.0], [0.5, 0.0, 0.2, 0.01, -1.0]])
+    tokens = proc.action_labels(target, np.zeros(2, bool))
+    states = np.zeros((2, 8))
+    states[0, :3] = [0.6, 0.0, 0.05]  # 10 cm short in y: a full 4 cm step
+    states[1, :3] = [0.5, 0.0, 0.205]  # 5 mm above: one 5 mm step (cap 1 cm)
+    a, b = proc.decode_actions(tokens, states)
+    assert a["delta"][1] == pytest.approx(0.04, abs=2e-3) and abs(a["delta"][0]) < 2e-3
+    assert a["gripper"][0] == 1.0 and a["refuse"] == 0
+    assert b["delta"][2] == pytest.approx(-0.005, abs=1e-3) and b["gripper"][0] == -1.0
+    with pytest.raises(ConfigError, match="needs the states"):
+        proc.decode_actions(tokens)
+    proc.save_pretrained(tmp_path)
+    again = VLAProcessor.from_pretrained(tmp_path)
+    assert again.action_space == "goal" and again.actions == proc.actions
+
+
+def test_processor_rejects_a_tokenizer_of_the_wrong_width() -> None:
+    norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    acts = ActionTokenizer.fit(np.random.default_rng(0).uniform(-0.04, 0.04, (50, 4)))
+    with pytest.raises(ConfigError, match="5 dimensions"):
+        VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64), action_space="goal")
+    with pytest.raises(ConfigError, match="unknown action space"):
+        VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64), action_space="joint")
