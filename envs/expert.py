@@ -26,6 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from numpy.typing import ArrayLike
 
 from robot_refusal.envs.env import MAX_DELTA, WORKSPACE_HIGH, WORKSPACE_LOW, RobotRefusalEnv
 from robot_refusal.envs.scene import (
@@ -54,7 +55,7 @@ def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
     }
 
 
-def goal_displacement(goal: np.ndarray, speed: np.ndarray, ee: np.ndarray) -> np.ndarray:
+def goal_displacement(goal: ArrayLike, speed: ArrayLike, ee: ArrayLike) -> np.ndarray:
     """Displacement toward ``goal`` at most ``speed`` long, clipped to ±MAX_DELTA per axis.
 
     Args:
@@ -133,11 +134,14 @@ class ScriptedExpert:
         self.cautious = False
         self.subgoal = np.zeros(4)
         """(4,) where the last action headed and its step cap: x, y, z (m), speed (m/step)."""
+        self._moved = False
         self._plan: Iterator[dict[str, Any]] | None = None
 
     def reset(self) -> None:
         """Plan for the env's current episode (call after ``env.reset``)."""
         self.cautious = False
+        self.subgoal = np.zeros(4)
+        self._moved = False
         self._plan = self._make_plan()
 
     def select_action(self, obs: Any = None) -> dict[str, Any]:
@@ -153,8 +157,13 @@ class ScriptedExpert:
             return _action(np.zeros(3), 1.0 if self.env.robot and self.env.robot.held else -1.0)
 
     def _stay(self) -> None:
-        """Subgoal of a step without motion: here, speed 0."""
-        self.subgoal = np.array([*self._ee(), 0.0]) if self.env.robot else np.zeros(4)
+        """Subgoal of a step without motion: the last point moved to (where the gripper grasps
+        or releases), speed 0; the end effector before any motion. Not the end effector's own
+        position: a learner would copy it from the state and never move again."""
+        if self._moved:
+            self.subgoal = np.array([*self.subgoal[:3], 0.0])
+        else:
+            self.subgoal = np.array([*self._ee(), 0.0]) if self.env.robot else np.zeros(4)
 
     # -- plan ----------------------------------------------------------------------------------
     def _make_plan(self) -> Iterator[dict[str, Any]]:
@@ -252,8 +261,8 @@ class ScriptedExpert:
             if careful and (self._near_person(ee) or self._near_person(ee + d / dist * step_len)):
                 cap = min(cap, SLOW)
                 self.cautious = True
-            self.subgoal = np.array([*target, cap])
-            yield _action(goal_displacement(target, np.float64(cap), ee), grip)
+            self.subgoal, self._moved = np.array([*target, cap]), True
+            yield _action(goal_displacement(target, cap, ee), grip)
 
     def _hold(self, grip: float, n: int) -> Iterator[dict[str, Any]]:
         for _ in range(n):

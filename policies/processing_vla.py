@@ -52,6 +52,15 @@ Agents in Behavioral Cloning from Observation Histories") instead of reading the
 first trained VLA did exactly that (good open-loop, wrong closed-loop heading)."""
 
 
+GOAL_POLICY_STATE = (6, 7)
+"""Env state entries a goal-space policy reads: gripper opening (m) and grasp flag. Not the
+end-effector position: a subgoal is often within centimetres of it (at every arrival, grasp and
+release), and with the position in its input the first goal-space VLA learned to name its own
+position as the goal and stood still (measured: goal = end effector to 1 mm from step 9 on).
+The processor still needs the position to turn a subgoal into a displacement; it reads it from
+the full state."""
+
+
 def action_token(i: int) -> str:
     """Surface form of action bin ``i``: ``<a000>`` .. ``<a255>``."""
     return f"<a{i:03d}>"

@@ -40,6 +40,8 @@ from robot_refusal.policies.modeling_vla import VLAForActionPrediction
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.processing_vla import (
     ACTION_SPACES,
+    GOAL_POLICY_STATE,
+    POLICY_STATE,
     Normalization,
     VLAProcessor,
     build_tokenizer,
@@ -256,6 +258,7 @@ def build_processor(
         norm,
         max_tokens,
         size,
+        GOAL_POLICY_STATE if action_space == "goal" else POLICY_STATE,
         action_space=action_space,
     )
 

@@ -118,9 +118,13 @@ def test_expert_actions_are_the_displacement_toward_its_subgoal(family: str) -> 
     obs, _ = env.reset(seed=3)
     expert.reset()
     slowed = moved = held = 0
+    previous = None
     for _ in range(180):
         a = expert.select_action(obs)
         goal = expert.subgoal
+        if goal[3] == 0 and previous is not None:  # a hold names the last point moved to
+            np.testing.assert_array_equal(goal[:3], previous[:3])
+        previous = goal
         again = goal_displacement(goal[:3], goal[3], obs["state"][:3]).astype(np.float32)
         np.testing.assert_array_equal(again, a["delta"])
         moved += bool(np.any(a["delta"]))
