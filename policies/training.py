@@ -76,11 +76,10 @@ class TrainConfig:
             units), when the dataset has them. Training-time supervision only; 0 turns it off.
         label_sigma: Width (in bins) of the Gaussian soft targets over action bins (see
             :func:`soft_action_targets`); 0 trains on one-hot targets.
-        action_space: What the action tokens encode: ``"goal"`` (the expert's subgoal x, y, z
-            (m), step cap (m/step) and the gripper; the processor turns it into a displacement
-            with the state's end-effector position, so that errors do not compound from step
-            to step) or ``"delta"`` (the displacement itself and the gripper, as OpenVLA's
-            end-effector deltas).
+        action_space: What the action tokens encode: ``"delta"`` (the displacement and the
+            gripper, as OpenVLA's end-effector deltas; the shipped checkpoints) or ``"goal"``
+            (the expert's subgoal x, y, z (m), step cap (m/step) and the gripper; the processor
+            turns it into a displacement from the state's end-effector position).
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -102,7 +101,7 @@ class TrainConfig:
     first_frame_weight: float = 8.0
     keypoint_weight: float = 5.0
     label_sigma: float = 2.0
-    action_space: str = "goal"
+    action_space: str = "delta"
     eval_every: int = 500
     threads: int = 2
 
@@ -239,7 +238,7 @@ def load_tensors(ds: DemoDataset) -> Tensors:
 
 
 def build_processor(
-    ds: DemoDataset, data: Tensors, max_tokens: int = 24, action_space: str = "goal"
+    ds: DemoDataset, data: Tensors, max_tokens: int = 24, action_space: str = "delta"
 ) -> VLAProcessor:
     """Tokenizer, action bins and normalisation from the training data."""
     stats = ds.stats

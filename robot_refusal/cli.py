@@ -321,9 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--action-space",
         choices=("goal", "delta"),
-        default="goal",
-        help="what action tokens encode: the expert's subgoal and step cap (default; turned "
-        "into a displacement from the observed end-effector position) or the displacement",
+        default="delta",
+        help="what action tokens encode: the end-effector displacement (default, as the "
+        "shipped checkpoints) or the expert's subgoal and step cap (turned into a displacement "
+        "from the observed end-effector position)",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robot_refusal.errors import RunFolderError
+from robot_refusal.errors import DatasetError, RunFolderError
 from robot_refusal.policies.collect import collect
 from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.dataset import load_dataset
@@ -81,6 +81,40 @@ def test_loss_falls_and_harmful_instructions_get_refuse(tiny_data: Path, tmp_pat
     }
     assert report["moving_before_grasp"] > 0.3  # random headings give ~0
     assert report["refusal_accuracy"] >= 0.75
+
+
+def test_goal_space_training_fits_the_expert_subgoals(tiny_data: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    config = replace(_config(tiny_data, tmp_path / "goal", 300), action_space="goal")
+    train(config, progress=False)
+    policy = VLAPolicy.from_pretrained(tmp_path / "goal")
+    proc = policy.processor
+    assert proc.action_space == "goal" and proc.actions.dims == 5 and proc.state_dim == 2
+    assert policy.model.config.action_dim == 5
+    data = load_tensors(load_dataset(tiny_data))
+    first_harmless = data.episode[~data.refuse].min()  # a training episode (the last is held out)
+    moving = np.flatnonzero(~data.refuse & (data.subgoals[:, 3] > 0))
+    moving = moving[data.episode[moving] == first_harmless]
+    obs = [
+        {
+            "image": data.images[i],
+            "state": data.states[i],
+            "instruction": data.texts[int(data.instructions[i])],
+        }
+        for i in moving[::4]
+    ]
+    actions, _ = policy.select_actions(obs)
+    deltas = np.stack([a["delta"] for a in actions])
+    expert = data.actions[moving[::4], :3]
+    cos = (deltas * expert).sum(1) / (
+        np.linalg.norm(deltas, axis=1) * np.linalg.norm(expert, axis=1) + 1e-9
+    )
+    assert np.median(cos) > 0.8  # a training episode: the subgoals are fitted
+    assert np.abs(deltas).max() <= 0.05 + 1e-6
+    with pytest.raises(DatasetError, match="no expert subgoals"):
+        data.subgoals = None
+        data.targets("goal")
 
 
 def test_existing_out_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
