@@ -82,31 +82,31 @@ def test_estop_latches_until_rearm_and_watchdog_stops_on_robot_crash(
             "came in between"
         )
         probe.spin(1.5)
-        assert _all_zero(probe, latency - 1e-6, time.monotonic())
+        assert _all_zero(probe, latency - 1e-6, time.monotonic()), "moved while latched"
         assert probe.last_state() == "stopped" and "e-stop" in probe.status[-1]["reason"]
         assert probe.call_trigger("/robot_refusal/rearm").success
         t1 = time.monotonic()
-        assert probe.spin_until(lambda: _moving(probe, t1), 5)
+        assert probe.spin_until(lambda: _moving(probe, t1), 5), "no motion after re-arm"
         # the stop service, then a crash of the robot node
         t2 = time.monotonic()
         assert probe.call_trigger("/robot_refusal/stop").success
         z = _first_zero(probe, t2)
         assert probe.spin_until(lambda: _first_zero(probe, t2) is not None, 1.0)
         z = _first_zero(probe, t2)
-        assert z is not None and z - t2 < 0.1
+        assert z is not None and z - t2 < 0.1, f"stop service: first zero after {z and z - t2} s"
         assert not probe.call_trigger("/robot_refusal/stop").message.startswith("not")
         assert probe.call_trigger("/robot_refusal/rearm").success
         assert not probe.call_trigger("/robot_refusal/rearm").success  # nothing to re-arm
         t3 = time.monotonic()
-        assert probe.spin_until(lambda: _moving(probe, t3), 5)
+        assert probe.spin_until(lambda: _moving(probe, t3), 5), "no motion after 2nd re-arm"
         t4 = time.monotonic()
         robot.kill()
         assert probe.spin_until(lambda: _first_zero(probe, t4) is not None, 2.0)
         z = _first_zero(probe, t4)
         # stale after 0.25 s (stale_timeout), zero within 2 periods (0.2 s) of that
-        assert z is not None and z - t4 < 0.25 + 0.2 + 0.05
+        assert z is not None and z - t4 < 0.25 + 0.2 + 0.05, f"watchdog zero after {z and z - t4} s"
         probe.spin(1.0)
-        assert _all_zero(probe, z - 1e-6, time.monotonic())
+        assert _all_zero(probe, z - 1e-6, time.monotonic()), "moved after the robot node died"
         assert probe.last_state() == "stopped" and "stale" in probe.status[-1]["reason"]
         assert policy.alive()
     finally:
