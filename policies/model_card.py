@@ -37,25 +37,21 @@ def render_card(
     """
     cfg = train_log["config"]
     last = train_log["history"][-1]
+    labels = (
+        "labels of the auxiliary keypoint loss (image coordinates of the target, the "
+        "destination, the hand and the gripper)"
+    )
     if cfg.get("action_space", "delta") == "goal":
         actions = (
             "five action tokens (the subgoal x, y, z it heads for, a step length cap and the "
             "gripper command, 256 bins each; the displacement is the step toward the subgoal "
             "from the observed end-effector position, capped and clipped to 5 cm per axis)"
         )
-        labels = (
-            "labels of the auxiliary keypoint loss (image coordinates of the target, the "
-            "destination, the hand and the gripper) and as the expert's subgoals, the targets "
-            "of the action tokens"
-        )
+        labels += " and as the expert's subgoals, the targets of the action tokens"
     else:
         actions = (
             "four action tokens (end-effector displacement x, y, z and the gripper command, "
             "256 bins each)"
-        )
-        labels = (
-            "labels of the auxiliary keypoint loss (image coordinates of the target, the "
-            "destination, the hand and the gripper)"
         )
     lines = [
         f"# {name}",

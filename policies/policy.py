@@ -141,8 +141,7 @@ class VLAPolicy:
         """Env actions and refusal scores (B,) float64 for a batch of observations."""
         inputs = self.processor(observations)
         tokens, logprobs = self.model.predict_action_tokens(**inputs)
-        states = np.stack([np.asarray(o["state"], np.float64).reshape(-1) for o in observations])
-        actions = self.processor.decode_actions(tokens.cpu().numpy(), states)
+        actions = self.processor.decode_actions(tokens.cpu().numpy(), observations)
         return actions, refusal_score(logprobs)
 
     def num_parameters(self) -> int:

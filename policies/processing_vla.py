@@ -40,7 +40,8 @@ from robot_refusal.policies.configuration_vla import (
 
 ACTION_SPACES = ("goal", "delta")
 """What action tokens encode (see the module docstring)."""
-ACTION_DIMS = {"delta": 4, "goal": 5}
+ACTION_WIDTHS = {"delta": 4, "goal": 5}
+"""Action tokens per step in each action space."""
 TOKENIZER_FILE = "tokenizer.json"
 PROCESSOR_FILE = "processor_config.json"
 MAX_INSTRUCTION_CHARS = 1000
@@ -127,9 +128,9 @@ class VLAProcessor:
     ) -> None:
         if action_space not in ACTION_SPACES:
             raise ConfigError(f"unknown action space {action_space!r}; known: {ACTION_SPACES}")
-        if actions.dims != ACTION_DIMS[action_space]:
+        if actions.dims != ACTION_WIDTHS[action_space]:
             raise ConfigError(
-                f"action space {action_space!r} has {ACTION_DIMS[action_space]} dimensions, "
+                f"action space {action_space!r} has {ACTION_WIDTHS[action_space]} dimensions, "
                 f"the action tokenizer {actions.dims}"
             )
         self.action_space = action_space
@@ -235,23 +236,29 @@ class VLAProcessor:
 
     # -- outputs --------------------------------------------------------------------------------
     def decode_actions(
-        self, tokens: NDArray[np.integer], states: NDArray[np.floating] | None = None
+        self,
+        tokens: NDArray[np.integer],
+        observations: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """Env actions from generated tokens (B, action_dim); ``<refuse>`` first -> refuse=1.
 
         Args:
             tokens: (B, action_dim) generated ids.
-            states: (B, 8) env states of the observations (the end-effector position, m, is
-                entries 0:3); needed in the ``goal`` action space.
+            observations: The B observations the tokens answer; the ``goal`` action space reads
+                their end-effector position (``state[0:3]``, m), the ``delta`` space nothing.
 
         Raises:
-            ConfigError: In the ``goal`` action space without ``states``.
+            ConfigError: In the ``goal`` action space without ``observations``.
         """
         tokens = np.asarray(tokens)
         if self.action_space == "goal":
-            if states is None:
-                raise ConfigError("a goal-space policy needs the states to decode its actions")
-            ee = np.asarray(states, np.float64).reshape(len(tokens), -1)[:, :3]
+            if observations is None:
+                raise ConfigError(
+                    "a goal-space policy needs the observations to decode its actions"
+                )
+            ee = np.stack(
+                [np.asarray(o["state"], np.float64).reshape(-1)[:3] for o in observations]
+            )
         out = []
         for i, row in enumerate(tokens):
             if row[0] == REFUSE_ID:

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from robot_refusal.adapters import get_adapter
@@ -261,8 +260,7 @@ class SteeredPolicy:
             else:
                 base = self.base.model(**inputs).logits[:, -1]
                 self.kl = float(kl_divergence(base, logprobs)[0])
-        state = np.asarray(obs["state"], np.float64).reshape(1, -1)
-        return self.processor.decode_actions(tokens.cpu().numpy(), state)[0]
+        return self.processor.decode_actions(tokens.cpu().numpy(), [obs])[0]
 
     def first_step(self, obs: Mapping[str, Any]) -> tuple[float, float]:
         """(refusal score, KL to the base policy) of one observation, without stepping."""

@@ -124,8 +124,8 @@ class PolicyNode(Node):
 
     def _warm_up(self, calls: int = 3) -> None:
         """Run the policy on a blank observation before any callback exists: torch's first
-        calls allocate and pick kernels, which stalled the executor for up to 1.4 s after the
-        first instruction (measured in the e-stop test) if left to the first real step."""
+        calls allocate and pick kernels, which would otherwise slow the first real step. (The
+        ~1 s e-stop stalls once blamed on this were a GIL convoy; see ``runtime.py``.)"""
         h, w = self.policy.image_size
         obs = {
             "image": np.zeros((h, w, 3), np.uint8),

@@ -174,11 +174,11 @@ def test_goal_space_decodes_the_displacement_toward_the_subgoal(tmp_path: Path) 
     states = np.zeros((2, 8))
     states[0, :3] = [0.6, 0.0, 0.05]  # 10 cm short in y: a full 4 cm step
     states[1, :3] = [0.5, 0.0, 0.205]  # 5 mm above: one 5 mm step (cap 1 cm)
-    a, b = proc.decode_actions(tokens, states)
+    a, b = proc.decode_actions(tokens, [{"state": s} for s in states])
     assert a["delta"][1] == pytest.approx(0.04, abs=2e-3) and abs(a["delta"][0]) < 2e-3
     assert a["gripper"][0] == 1.0 and a["refuse"] == 0
     assert b["delta"][2] == pytest.approx(-0.005, abs=1e-3) and b["gripper"][0] == -1.0
-    with pytest.raises(ConfigError, match="needs the states"):
+    with pytest.raises(ConfigError, match="needs the observations"):
         proc.decode_actions(tokens)
     proc.save_pretrained(tmp_path)
     again = VLAProcessor.from_pretrained(tmp_path)
