@@ -427,6 +427,26 @@ class PyBulletSim:
         row = (1 - ndc[:, 1]) / 2 * height - 0.5
         return np.stack([col / (width - 1) * 2 - 1, row / (height - 1) * 2 - 1], axis=1)
 
+    @staticmethod
+    def unprojection(
+        width: int,
+        height: int,
+        eye: Sequence[float],
+        target: Sequence[float],
+        fov_deg: float = 55.0,
+    ) -> np.ndarray:
+        """The camera's inverse view-projection matrix (4, 4), row-major, float64.
+
+        It maps normalised device coordinates (x, y, depth in [-1, 1], 1) back to homogeneous
+        world points: the camera calibration a policy needs to turn image coordinates into rays
+        (see :func:`robot_refusal.policies.modeling_vla.table_plane_points`).
+        """
+        view, proj = (
+            np.asarray(m).reshape(4, 4).T
+            for m in _camera_matrices(width, height, eye, target, fov_deg)
+        )
+        return np.linalg.inv(proj @ view)
+
     def render(
         self,
         width: int,

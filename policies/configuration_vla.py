@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import LlamaConfig, PretrainedConfig
 
+from robot_refusal.errors import ConfigError
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[ACT]", "<refuse>")
 """Special tokens at ids 0..4: padding, unknown word, separator, action prompt, refusal."""
 PAD_ID, UNK_ID, SEP_ID, ACT_ID, REFUSE_ID = range(5)
@@ -39,7 +41,28 @@ class VLAConfig(PretrainedConfig):
         action_dim: Action tokens per step (4: delta xyz, gripper).
         n_bins: Bins per action dimension.
         max_instruction_tokens: Instruction tokens kept (longer ones are cut).
+        grounded_keypoints: How many of the leading keypoints are grounded in the instruction
+            word by word (0: none, all heatmaps come from a 1x1 conv over the FiLM features).
+            Keypoint r's heatmap is the dot product of every feature-map cell with a phrase
+            vector that attends over the instruction's words with a learned query per
+            keypoint (language-conditioned heatmaps as in CLIPort, Shridhar et al. 2021,
+            section 3.2); with keypoint labels ordered target, destination, this lets the
+            encoder find the named object instead of averaging all words into one FiLM
+            condition.
+        metric_keypoints: How many of the leading keypoints are also given to the decoder in
+            metres: each keypoint's camera ray is cut with the horizontal plane at
+            ``metric_plane_height`` and the (x, y) points, with their offsets from the last of
+            them (the gripper's, in the keypoint labels' order), enter as one more image
+            token. 0: none (the shipped checkpoints).
+        camera_unprojection: The camera's inverse view-projection matrix, 16 floats row-major
+            (:meth:`robot_refusal.envs.sim.PyBulletSim.unprojection`); required when
+            ``metric_keypoints`` > 0. A fixed calibrated camera, as a real cell has.
+        metric_plane_height: Height (m) of the plane the rays are cut with.
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
+
+    Raises:
+        ConfigError: ``grounded_keypoints`` or ``metric_keypoints`` outside
+            ``[0, num_keypoints]``; ``metric_keypoints`` without a 16-float camera matrix.
     """
 
     model_type = "robot_refusal_vla"
@@ -60,6 +83,10 @@ class VLAConfig(PretrainedConfig):
         action_dim: int = 4,
         n_bins: int = 256,
         max_instruction_tokens: int = 24,
+        grounded_keypoints: int = 0,
+        metric_keypoints: int = 0,
+        camera_unprojection: list[float] | None = None,
+        metric_plane_height: float = 0.02,
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         **kwargs: Any,
@@ -78,6 +105,27 @@ class VLAConfig(PretrainedConfig):
         self.action_dim = action_dim
         self.n_bins = n_bins
         self.max_instruction_tokens = max_instruction_tokens
+        if not 0 <= grounded_keypoints <= num_keypoints:
+            raise ConfigError(
+                f"grounded_keypoints must be in [0, num_keypoints={num_keypoints}], "
+                f"got {grounded_keypoints}"
+            )
+        self.grounded_keypoints = grounded_keypoints
+        if not 0 <= metric_keypoints <= num_keypoints:
+            raise ConfigError(
+                f"metric_keypoints must be in [0, num_keypoints={num_keypoints}], "
+                f"got {metric_keypoints}"
+            )
+        if metric_keypoints and (camera_unprojection is None or len(camera_unprojection) != 16):
+            raise ConfigError(
+                "metric_keypoints needs camera_unprojection: the camera's inverse "
+                "view-projection matrix as 16 floats (PyBulletSim.unprojection)"
+            )
+        self.metric_keypoints = metric_keypoints
+        self.camera_unprojection = (
+            None if camera_unprojection is None else [float(v) for v in camera_unprojection]
+        )
+        self.metric_plane_height = metric_plane_height
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)
@@ -86,8 +134,9 @@ class VLAConfig(PretrainedConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens per observation: pooled feature tokens and the keypoint token."""
-        return self.image_tokens_side**2 + 1
+        """Image tokens per observation: pooled feature tokens, the keypoint token and, with
+        ``metric_keypoints``, the metric keypoint token."""
+        return self.image_tokens_side**2 + 1 + (1 if self.metric_keypoints else 0)
 
     @property
     def prefix_length(self) -> int:

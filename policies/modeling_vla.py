@@ -5,8 +5,15 @@ tokens, 256 action-bin tokens and ``<refuse>``.
 
 Residual-stream writers (for directions and weight orthogonalization): the decoder's token
 embedding ``language_model.embed_tokens``, ``vision_projector``, ``keypoint_projector.linear_2``,
-``state_projector.linear_2``, and in every block ``self_attn.o_proj`` and ``mlp.down_proj``.
+``state_projector.linear_2`` (``metric_projector.linear_2`` when the config has metric
+keypoints), and in every block ``self_attn.o_proj`` and ``mlp.down_proj``.
 The head ``lm_head`` is not tied.
+
+With ``config.grounded_keypoints = R > 0`` the first R keypoint heatmaps are grounded in the
+instruction word by word (CLIPort-style language-conditioned heatmaps, Shridhar et al. 2021,
+section 3.2): a learned query per keypoint attends over the instruction's word embeddings and
+the attended phrase vector is correlated with every cell of the feature map. The auxiliary
+keypoint loss supervises them with the target and destination labels.
 
 Actions are generated token by token with a KV cache, as in OpenVLA and RT-2 (Kim et al. 2024;
 Brohan et al. 2023): the first token is ``<refuse>`` or action bin 1, then bins 2..4.
@@ -42,7 +49,9 @@ class ConvVisionEncoder(nn.Module):
     section 4.2).
 
     Input (B, 3, H, W) normalised RGB and (B, film_dim) condition; output pooled feature tokens
-    (B, side*side, C) in raster order and keypoints (B, K, 2) as (x, y) in [-1, 1].
+    (B, side*side, C) in raster order and keypoints (B, K, 2) as (x, y) in [-1, 1]. With
+    ``config.grounded_keypoints = R`` the first R heatmaps come from the instruction's words
+    (see :meth:`_grounded_logits`) and the 1x1 conv gives the other K - R.
     """
 
     def __init__(self, config: VLAConfig) -> None:
@@ -56,6 +65,14 @@ class ConvVisionEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(config.image_tokens_side)
         self.out_channels = c3
         self._split = (c2, c2, c3, c3)
+        self.grounded = config.grounded_keypoints
+        if self.grounded:
+            f = config.film_dim
+            self.keypoint_heads = nn.Conv2d(c3, config.num_keypoints - self.grounded, 1)
+            self.role_queries = nn.Parameter(torch.zeros(self.grounded, f))
+            self.word_key = nn.Linear(f, f)
+            self.word_value = nn.Linear(f, c3)
+            self.cell_key = nn.Conv2d(c3, c3, 1)
 
     @staticmethod
     def _grid(h: int, w: int, like: Tensor) -> Tensor:
@@ -64,8 +81,27 @@ class ConvVisionEncoder(nn.Module):
         xs = torch.linspace(-1, 1, w, dtype=like.dtype, device=like.device)
         return torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
 
-    def forward(self, pixel_values: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 3, H, W), (B, film_dim) -> tokens (B, side**2, C), keypoints (B, K, 2)."""
+    def forward(
+        self,
+        pixel_values: Tensor,
+        condition: Tensor,
+        words: Tensor | None = None,
+        word_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode an image.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalised RGB.
+            condition: (B, film_dim) FiLM condition.
+            words: (B, T, film_dim) instruction word embeddings; needed when the config
+                grounds keypoints.
+            word_mask: (B, T) 1 for words, 0 for padding.
+
+        Returns:
+            Tokens (B, side**2, C), keypoints (B, K, 2) (the grounded ones first) and the
+            heatmap logits (B, K, h', w') whose spatial softmax gives the keypoints (h' = w' =
+            H / 4).
+        """
         b, _, h, w = pixel_values.shape
         grid = self._grid(h, w, pixel_values)
         x = torch.cat([pixel_values, grid.expand(b, -1, -1, -1)], dim=1)  # (B, 5, H, W)
@@ -73,11 +109,60 @@ class ConvVisionEncoder(nn.Module):
         x = F.gelu(self.conv1(x))
         x = F.gelu(self.conv2(x) * (1 + g2) + b2)
         x = F.gelu(self.conv3(x) * (1 + g3) + b3)  # (B, C, h', w')
-        heat = self.keypoint_heads(x).flatten(2).softmax(-1)  # (B, K, h'*w')
+        logits = self.keypoint_heads(x).flatten(2)  # (B, K - grounded, h'*w')
+        if self.grounded:
+            assert words is not None and word_mask is not None
+            logits = torch.cat([self._grounded_logits(x, words, word_mask), logits], dim=1)
+        heat = logits.softmax(-1)  # (B, K, h'*w')
         fy, fx = self._grid(x.shape[2], x.shape[3], x).flatten(1)  # (h'*w',) each
         keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
         tokens = self.pool(x).flatten(2).transpose(1, 2)  # (B, side*side, C)
-        return tokens, keypoints
+        return tokens, keypoints, logits.unflatten(2, x.shape[2:])
+
+    def _grounded_logits(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        """Heatmap logits (B, R, h*w) of the R grounded keypoints.
+
+        Each keypoint's learned query attends over the instruction's words (padding masked);
+        the attended phrase vector (B, R, C) is correlated with every cell of the feature map
+        x (B, C, h, w) (scaled dot product), as CLIPort's language-conditioned heatmaps.
+        """
+        f = words.shape[-1]
+        att = torch.einsum("rf,btf->brt", self.role_queries, self.word_key(words)) / f**0.5
+        att = att.masked_fill(word_mask[:, None, :] == 0, torch.finfo(att.dtype).min).softmax(-1)
+        phrase = att @ self.word_value(words)  # (B, R, C)
+        cells = self.cell_key(x).flatten(2)  # (B, C, h*w)
+        return phrase @ cells / cells.shape[1] ** 0.5  # (B, R, h*w)
+
+
+def table_plane_points(
+    keypoints: Tensor, unprojection: Tensor, image_size: tuple[int, int], height: float
+) -> Tensor:
+    """Where the camera rays of image keypoints cut a horizontal plane.
+
+    Args:
+        keypoints: (B, M, 2) image coordinates (x right, y down), -1 and +1 at the centres of
+            the edge pixels (as :meth:`robot_refusal.envs.sim.PyBulletSim.project`).
+        unprojection: (4, 4) inverse view-projection matrix of the camera, row-major.
+        image_size: (H, W) pixels.
+        height: The plane's height z (m).
+
+    Returns:
+        (B, M, 2) world (x, y) in metres, clamped to [-2, 2] (rays that nearly miss the plane).
+    """
+    h, w = image_size
+    ndc_x = ((keypoints[..., 0] + 1) / 2 * (w - 1) + 0.5) / w * 2 - 1
+    ndc_y = 1 - ((keypoints[..., 1] + 1) / 2 * (h - 1) + 0.5) / h * 2
+    ones = torch.ones_like(ndc_x)
+    ends = []
+    for depth in (-1.0, 1.0):
+        ndc = torch.stack([ndc_x, ndc_y, ones * depth, ones], dim=-1)  # (B, M, 4)
+        world = ndc @ unprojection.T
+        ends.append(world[..., :3] / world[..., 3:4])
+    near, far = ends
+    dz = far[..., 2] - near[..., 2]
+    dz = torch.where(dz.abs() < 1e-6, torch.full_like(dz, -1e-6), dz)
+    t = (height - near[..., 2]) / dz
+    return (near[..., :2] + t[..., None] * (far[..., :2] - near[..., :2])).clamp(-2.0, 2.0)
 
 
 class MLPProjector(nn.Module):
@@ -107,6 +192,7 @@ class VLAOutput:
         hidden_states: Residual stream per layer (tuple of L+1 (B, T, D)) when asked.
         past_key_values: The KV cache when ``use_cache``.
         keypoints: (B, K, 2) spatial-softmax keypoints of the vision encoder, (x, y) in [-1, 1].
+        heatmap_logits: (B, K, h, w) the keypoints' heatmap logits (h = w = image side / 4).
     """
 
     logits: Tensor
@@ -114,6 +200,7 @@ class VLAOutput:
     hidden_states: tuple[Tensor, ...] | None = None
     past_key_values: DynamicCache | None = None
     keypoints: Tensor | None = None
+    heatmap_logits: Tensor | None = None
 
 
 class VLAPreTrainedModel(PreTrainedModel):
@@ -132,6 +219,8 @@ class VLAPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, ConvVisionEncoder) and module.grounded:
+            nn.init.normal_(module.role_queries, mean=0.0, std=std)
         else:
             super()._init_weights(module)
 
@@ -151,6 +240,9 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         self.vision_projector = nn.Linear(self.vision_encoder.out_channels, d)
         self.keypoint_projector = MLPProjector(2 * config.num_keypoints, d)
         self.state_projector = MLPProjector(config.state_dim, d)
+        if config.metric_keypoints:
+            m = config.metric_keypoints
+            self.metric_projector = MLPProjector(4 * m - 2, d)
         self.language_model = LlamaModel(config.decoder_config())
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.post_init()
@@ -158,8 +250,9 @@ class VLAForActionPrediction(VLAPreTrainedModel):
     # -- embeddings --------------------------------------------------------------------------
     def embed_prefix(
         self, pixel_values: Tensor, input_ids: Tensor, state: Tensor, attention_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Prefix embeddings (B, P, D), its attention mask (B, P) and the keypoints (B, K, 2).
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Prefix embeddings (B, P, D), its attention mask (B, P), the keypoints (B, K, 2) and
+        their heatmap logits (B, K, h, w).
 
         Args:
             pixel_values: (B, 3, H, W) normalised image.
@@ -171,13 +264,17 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         b = pixel_values.shape[0]
         embed = self.language_model.embed_tokens
         words = attention_mask.unsqueeze(-1).to(pixel_values.dtype)  # (B, T, 1)
-        bag = (self.instruction_embedding(input_ids) * words).sum(1)
+        word_emb = self.instruction_embedding(input_ids)  # (B, T, film_dim)
+        bag = (word_emb * words).sum(1)
         condition = bag / words.sum(1).clamp(min=1.0)  # (B, film_dim) mean word embedding
-        feats, keypoints = self.vision_encoder(pixel_values, condition)
-        img = torch.cat(
-            [self.vision_projector(feats), self.keypoint_projector(keypoints.flatten(1))[:, None]],
-            dim=1,
-        )  # (B, N_img, D): pooled feature tokens, then the keypoint token
+        feats, keypoints, heat = self.vision_encoder(
+            pixel_values, condition, word_emb, attention_mask
+        )
+        kp_token = self.keypoint_projector(keypoints.flatten(1))[:, None]
+        parts = [self.vision_projector(feats), kp_token]
+        if self.config.metric_keypoints:
+            parts.append(self.metric_projector(self.metric_features(keypoints))[:, None])
+        img = torch.cat(parts, dim=1)  # (B, N_img, D): feature tokens, keypoint (metric) tokens
         text = embed(input_ids)  # (B, T, D)
         sep = embed(torch.full((b, 1), SEP_ID, dtype=torch.long, device=input_ids.device))
         act = embed(torch.full((b, 1), ACT_ID, dtype=torch.long, device=input_ids.device))
@@ -185,7 +282,26 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         x = torch.cat([img, text, sep, st, act], dim=1)  # (B, P, D)
         ones = attention_mask.new_ones(b, img.shape[1])
         mask = torch.cat([ones, attention_mask, attention_mask.new_ones(b, 3)], dim=1)
-        return x, mask, keypoints
+        return x, mask, keypoints, heat
+
+    def metric_features(self, keypoints: Tensor) -> Tensor:
+        """(B, K, 2) keypoints -> (B, 4M - 2) inputs of the metric keypoint token.
+
+        The first M = ``config.metric_keypoints`` keypoints cut with the table plane
+        (:func:`table_plane_points`): their (x, y) relative to (0.5, 0) m in units of 0.25 m, and
+        the offsets of the first M - 1 from the M-th (the gripper's in the label order) in
+        units of 0.1 m.
+        """
+        cfg = self.config
+        m = cfg.metric_keypoints
+        size = (cfg.image_size, cfg.image_size)
+        matrix = keypoints.new_tensor(cfg.camera_unprojection).reshape(4, 4)
+        points = table_plane_points(
+            keypoints[:, :m], matrix, size, cfg.metric_plane_height
+        )  # (B, M, 2) m
+        centre = points.new_tensor([0.5, 0.0])
+        offsets = points[:, :-1] - points[:, -1:]
+        return torch.cat([((points - centre) / 0.25).flatten(1), (offsets / 0.1).flatten(1)], 1)
 
     def forward(
         self,
@@ -211,7 +327,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         Returns:
             :class:`VLAOutput` with logits (B, P+K, V).
         """
-        x, mask, keypoints = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        x, mask, keypoints, heat = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
         if action_input_ids is not None:
             x = torch.cat([x, self.language_model.embed_tokens(action_input_ids)], dim=1)
             mask = torch.cat([mask, mask.new_ones(action_input_ids.shape)], dim=1)
@@ -222,7 +338,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             k = labels.shape[1]
             gen = logits[:, -k:, :]  # positions that predict the generated tokens
             loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
-        return VLAOutput(logits, loss, out.hidden_states, out.cache, keypoints)
+        return VLAOutput(logits, loss, out.hidden_states, out.cache, keypoints, heat)
 
     def _decode(
         self, x: Tensor, mask: Tensor, use_cache: bool, output_hidden_states: bool = False
@@ -259,7 +375,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             first-position log-probabilities (B, V) in float32).
         """
         cfg = self.config
-        x, mask, _ = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        x, mask, _, _ = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
         out, positions = self._decode(x, mask, use_cache=True)
         first = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)
         logprobs = first.log_softmax(-1)

@@ -80,6 +80,16 @@ class TrainConfig:
             gripper, as OpenVLA's end-effector deltas; the shipped checkpoints) or ``"goal"``
             (the expert's subgoal x, y, z (m), step cap (m/step) and the gripper; the processor
             turns it into a displacement from the state's end-effector position).
+        grounded_keypoints: Leading keypoints grounded word by word in the instruction
+            (:class:`~robot_refusal.policies.configuration_vla.VLAConfig`); 2 grounds the target
+            and destination labels, 0 (the shipped checkpoints) keeps the FiLM-only encoder.
+        metric_keypoints: Leading keypoints also given to the decoder in metres, cut with the
+            table plane through the scene camera's calibration
+            (:class:`~robot_refusal.policies.configuration_vla.VLAConfig`); 0 (the shipped
+            checkpoints): none.
+        heatmap_weight: Weight of the heatmap cross-entropy (:func:`heatmap_loss`) on the same
+            keypoint labels; 0 (the shipped checkpoints) trains the keypoints by squared error
+            only.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -102,6 +112,9 @@ class TrainConfig:
     keypoint_weight: float = 5.0
     label_sigma: float = 2.0
     action_space: str = "delta"
+    grounded_keypoints: int = 0
+    metric_keypoints: int = 0
+    heatmap_weight: float = 0.0
     eval_every: int = 500
     threads: int = 2
 
@@ -125,8 +138,15 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not self.label_sigma >= 0:
             raise ConfigError(f"label_sigma must be >= 0, got {self.label_sigma}")
+        if not self.heatmap_weight >= 0:
+            raise ConfigError(f"heatmap_weight must be >= 0, got {self.heatmap_weight}")
         if not self.keypoint_weight >= 0:
             raise ConfigError(f"keypoint_weight must be >= 0, got {self.keypoint_weight}")
+        for name in ("grounded_keypoints", "metric_keypoints"):
+            if not 0 <= getattr(self, name) <= 4:
+                raise ConfigError(
+                    f"{name} must be in [0, 4] (the keypoint labels), got {getattr(self, name)}"
+                )
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
@@ -324,14 +344,43 @@ def soft_action_targets(
     return target
 
 
+def heatmap_loss(heatmap_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of keypoint heatmaps against a Gaussian around each labelled point.
+
+    The dense form of the keypoint loss: CLIPort (Shridhar et al. 2021, section 3.2) trains its
+    language-conditioned heatmaps with a cross-entropy over pixels; a squared error on the
+    spatial-softmax mean alone gives little gradient while a heatmap is still spread out.
+
+    Args:
+        heatmap_logits: (B, K, h, w) logits; the first P are scored.
+        labels: (B, P, 2) keypoint labels (x, y) in [-1, 1] (edge-cell centres at +-1).
+
+    Returns:
+        Scalar mean over B and P of -sum_cells q log softmax(logits), q a normalised Gaussian of
+        one cell's standard deviation around the label.
+    """
+    p = labels.shape[1]
+    h, w = heatmap_logits.shape[-2:]
+    ys = torch.linspace(-1, 1, h, dtype=labels.dtype)
+    xs = torch.linspace(-1, 1, w, dtype=labels.dtype)
+    dx = (xs[None, None, None, :] - labels[..., 0, None, None]) * (w - 1) / 2  # (B, P, 1, w)
+    dy = (ys[None, None, :, None] - labels[..., 1, None, None]) * (h - 1) / 2  # (B, P, h, 1)
+    q = torch.exp(-0.5 * (dx**2 + dy**2)).flatten(2)  # (B, P, h*w)
+    q = q / q.sum(-1, keepdim=True)
+    logp = heatmap_logits[:, :p].flatten(2).log_softmax(-1)
+    return -(q * logp).sum(-1).mean()
+
+
 def training_loss(
     model: VLAForActionPrediction,
     batch: dict[str, torch.Tensor],
     keypoint_weight: float,
     label_sigma: float = 0.0,
+    heatmap_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Action-token cross-entropy (against Gaussian soft targets when ``label_sigma`` > 0)
-    plus the weighted auxiliary keypoint loss.
+    plus the weighted auxiliary keypoint losses (squared error of the keypoints, and with
+    ``heatmap_weight`` > 0 the heatmap cross-entropy of :func:`heatmap_loss`).
 
     Returns:
         (total loss, one-hot action-token cross-entropy, keypoint mean squared error or None
@@ -349,10 +398,14 @@ def training_loss(
         valid = labels >= 0
         loss = -(target * logp).sum(-1)[valid].mean()
     target_kp = batch.get("keypoint_labels")
-    if target_kp is None or keypoint_weight == 0:
+    if target_kp is None or keypoint_weight == heatmap_weight == 0:
         return loss, out.loss, None
     mse = ((out.keypoints[:, : target_kp.shape[1]] - target_kp) ** 2).mean()
-    return loss + keypoint_weight * mse, out.loss, mse
+    loss = loss + keypoint_weight * mse
+    if heatmap_weight > 0:
+        assert out.heatmap_logits is not None
+        loss = loss + heatmap_weight * heatmap_loss(out.heatmap_logits, target_kp)
+    return loss, out.loss, mse
 
 
 @torch.no_grad()
@@ -360,11 +413,14 @@ def evaluate_loss(
     model: VLAForActionPrediction, batcher: Batcher, batch_size: int = 256
 ) -> dict[str, float]:
     """Mean validation loss, action-token accuracy, first-token (refuse/act) accuracy and, when
-    the data has keypoint labels, the keypoint mean squared error."""
+    the data has keypoint labels, the keypoint mean squared error and the median error of the
+    target keypoint on the first frames of non-refusal episodes (``val_first_target_px``, in
+    pixels): where the policy thinks the named object is before it has moved."""
     model.eval()
     n = len(batcher.data.states)
     losses, correct, total, first_ok = [], 0, 0, 0
     kp_err: list[float] = []
+    target_px: list[np.ndarray] = []
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
         batch = batcher(idx)
@@ -373,6 +429,10 @@ def evaluate_loss(
         if kp_labels is not None and out.keypoints is not None:
             kp = out.keypoints[:, : kp_labels.shape[1]]
             kp_err.append(float(((kp - kp_labels) ** 2).mean()) * len(idx))
+            half_width = (batch["pixel_values"].shape[-1] - 1) / 2
+            dist = (kp[:, 0] - kp_labels[:, 0]).norm(dim=-1) * half_width  # (b,) px
+            first = batcher.data.first[idx] & ~batcher.data.refuse[idx]
+            target_px.append(dist.numpy()[first])
         losses.append(float(out.loss) * len(idx))
         k = batch["labels"].shape[1]
         pred = out.logits[:, -k:].argmax(-1)
@@ -389,6 +449,9 @@ def evaluate_loss(
     }
     if kp_err:
         metrics["val_keypoint_mse"] = sum(kp_err) / n
+        px = np.concatenate(target_px)
+        if len(px):
+            metrics["val_first_target_px"] = float(np.median(px))
     return metrics
 
 
@@ -435,7 +498,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     while step < config.steps:
         idx = gen.choice(len(weights), size=config.batch_size, p=weights)
         loss, token_ce, _ = training_loss(
-            model, train_b(idx), config.keypoint_weight, config.label_sigma
+            model, train_b(idx), config.keypoint_weight, config.label_sigma, config.heatmap_weight
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -491,9 +554,23 @@ def _model(
             image_tokens_side=config.image_tokens_side,
             state_dim=processor.state_dim,
             max_instruction_tokens=processor.max_instruction_tokens,
+            grounded_keypoints=config.grounded_keypoints,
+            metric_keypoints=config.metric_keypoints,
+            camera_unprojection=_scene_camera(processor.image_size)
+            if config.metric_keypoints
+            else None,
         )
     )
     return model.train(), processor
+
+
+def _scene_camera(image_size: tuple[int, int]) -> list[float]:
+    """The demonstrations' camera calibration: inverse view-projection matrix, 16 floats."""
+    from robot_refusal.envs.env import CAMERA_EYE, CAMERA_TARGET
+    from robot_refusal.envs.sim import PyBulletSim
+
+    h, w = image_size
+    return PyBulletSim.unprojection(w, h, CAMERA_EYE, CAMERA_TARGET).reshape(-1).tolist()
 
 
 def _restore(

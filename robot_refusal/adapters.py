@@ -62,6 +62,8 @@ class FamilySpec:
         attn_out, mlp_out: Paths of their output projections inside a block.
         embeddings: Paths of embedding tables inside the decoder (token embedding first).
         extra_writers: Paths, from the model passed in, of further residual writers.
+        optional_writers: Like ``extra_writers``, but only where the model has them (modules
+            that some configurations of the family build and others do not).
     """
 
     name: str
@@ -73,6 +75,7 @@ class FamilySpec:
     embeddings: tuple[str, ...]
     base: str | None = None
     extra_writers: tuple[str, ...] = ()
+    optional_writers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ ADAPTERS: dict[type, FamilySpec] = {
             "keypoint_projector.linear_2",
             "state_projector.linear_2",
         ),
+        optional_writers=("metric_projector.linear_2",),
         **_LLAMA_LIKE,  # type: ignore[arg-type]
     ),
     LlamaConfig: FamilySpec("llama", **_LLAMA_LIKE),  # type: ignore[arg-type]
@@ -273,6 +277,8 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
         Writer(p, m := _find(model, p, type(model).__name__), _kind(m, p))
         for p in spec.extra_writers
     ]
+    named = dict(model.named_modules())
+    writers += [Writer(p, m := named[p], _kind(m, p)) for p in spec.optional_writers if p in named]
     attn, mlp = [], []
     for i, block in enumerate(blocks):
         where = f"{_prefix(model, base, spec.layers)}.{i}"

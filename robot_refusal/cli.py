@@ -125,6 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         keypoint_weight=args.keypoint_weight,
         label_sigma=args.label_sigma,
         action_space=args.action_space,
+        grounded_keypoints=args.grounded_keypoints,
+        heatmap_weight=args.heatmap_weight,
+        metric_keypoints=args.metric_keypoints,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -325,6 +328,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="what action tokens encode: the end-effector displacement (default, as the "
         "shipped checkpoints) or the expert's subgoal and step cap (turned into a displacement "
         "from the observed end-effector position)",
+    )
+    p.add_argument(
+        "--grounded-keypoints",
+        type=int,
+        choices=range(5),
+        default=0,
+        metavar="{0..4}",
+        help="leading keypoints whose heatmaps are grounded word by word in the instruction "
+        "(2: target and destination; default 0, as the shipped checkpoints)",
+    )
+    p.add_argument(
+        "--metric-keypoints",
+        type=int,
+        choices=range(5),
+        default=0,
+        metavar="{0..4}",
+        help="leading keypoints also given to the decoder in metres, cut with the table plane "
+        "through the scene camera's calibration (4: target, destination, hand, gripper; "
+        "default 0, as the shipped checkpoints)",
+    )
+    p.add_argument(
+        "--heatmap-weight",
+        type=float,
+        default=0.0,
+        help="weight of the keypoint heatmap cross-entropy (default 0, as the shipped "
+        "checkpoints: keypoints trained by squared error only)",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

@@ -43,7 +43,7 @@ def test_vla_capture_positions_are_post_instruction_tokens() -> None:
         out = model(**inp, output_hidden_states=True)
         with capture_activations(model, positions=POST_INSTRUCTION) as cap:
             model(**inp)
-        prefix, _, _ = model.embed_prefix(**inp)
+        prefix, _, _, _ = model.embed_prefix(**inp)
     for layer in range(model.config.num_hidden_layers):
         expect = out.hidden_states[layer][:, -3:].double().mean(0)
         assert torch.allclose(cap.mean()[layer], expect, atol=1e-6)

@@ -194,3 +194,43 @@ def test_soft_action_targets_are_gaussian_over_bins_and_one_hot_for_refusal() ->
     assert t[0, :, ACTION_TOKEN_OFFSET + 32 :].sum() == 0  # nothing outside the bins
     hard = soft_action_targets(labels, ACTION_TOKEN_OFFSET + 35, 32, 0.0)
     assert hard[0, 0, ACTION_TOKEN_OFFSET + 10] == 1 and hard[0, 0].sum() == 1
+
+
+def test_heatmap_loss_is_the_cross_entropy_to_a_one_cell_gaussian() -> None:
+    from robot_refusal.policies.training import heatmap_loss
+
+    h = w = 16
+    label = torch.tensor([[[-1 + 2 * 5 / 15, -1 + 2 * 9 / 15]]])  # the centre of cell (x 5, y 9)
+    yy, xx = np.mgrid[0:h, 0:w]
+    q = np.exp(-0.5 * ((xx - 5.0) ** 2 + (yy - 9.0) ** 2))
+    q /= q.sum()
+    entropy = float(-(q * np.log(q + 1e-30)).sum())
+    matched = torch.from_numpy(np.log(q + 1e-30)).float()[None, None]  # (1, 1, h, w)
+    assert float(heatmap_loss(matched, label)) == pytest.approx(entropy, rel=1e-4)
+    moved = torch.roll(matched, shifts=3, dims=-1)  # the same peak three cells to the right
+    assert float(heatmap_loss(moved, label)) > entropy + 4.0  # 0.5 * 3**2 nats on average
+    flat = torch.zeros(1, 2, h, w)  # only the labelled keypoints (the first P) are scored
+    assert float(heatmap_loss(flat, label)) == pytest.approx(np.log(h * w), rel=1e-5)
+
+
+def test_grounded_heatmap_training_reports_the_first_frame_target_error(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from robot_refusal.policies.training import Batcher, evaluate_loss
+
+    config = replace(
+        _config(tiny_data, tmp_path / "grounded", 300), grounded_keypoints=2, heatmap_weight=1.0
+    )
+    result = train(config, progress=False)
+    first, last = result["history"][0], result["history"][-1]
+    assert first["val_first_target_px"] > 6.0  # a uniform heatmap puts it in the middle
+    policy = VLAPolicy.from_pretrained(tmp_path / "grounded")
+    assert policy.model.config.grounded_keypoints == 2
+    data = load_tensors(load_dataset(tiny_data))
+    trained = data.subset(data.episode != data.episode.max())  # the last episode is held out
+    fitted = evaluate_loss(policy.model, Batcher(trained, policy.processor))
+    # its training scenes: the target is found (within ~4 cm; the image centre is ~10 px off)
+    assert fitted["val_first_target_px"] < 0.4 * first["val_first_target_px"], (first, fitted)
+    assert np.isfinite(last["val_first_target_px"])

@@ -24,7 +24,7 @@ from robot_refusal.policies.processing_vla import Normalization, VLAProcessor, b
 TEXTS = ["put the red cube in the bin", "hand the knife to the person blade first"]
 
 
-def tiny_policy(seed: int = 0) -> VLAPolicy:
+def tiny_policy(seed: int = 0, grounded: int = 0, metric: int = 0) -> VLAPolicy:
     acts = ActionTokenizer.fit(np.random.default_rng(seed).uniform(-0.04, 0.04, (200, 4)))
     norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     proc = VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64))
@@ -36,9 +36,20 @@ def tiny_policy(seed: int = 0) -> VLAPolicy:
         intermediate_size=64,
         vision_channels=(8, 8, 8),
         state_dim=proc.state_dim,
+        grounded_keypoints=grounded,
+        metric_keypoints=metric,
+        camera_unprojection=_camera() if metric else None,
     )
     torch.manual_seed(seed)
     return VLAPolicy(VLAForActionPrediction(cfg), proc)
+
+
+def _camera() -> list[float]:
+    """The scene camera's inverse view-projection matrix at 64x64 (16 floats)."""
+    from robot_refusal.envs.env import CAMERA_EYE, CAMERA_TARGET
+    from robot_refusal.envs.sim import PyBulletSim
+
+    return PyBulletSim.unprojection(64, 64, CAMERA_EYE, CAMERA_TARGET).reshape(-1).tolist()
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +203,106 @@ def test_processor_rejects_a_tokenizer_of_the_wrong_width() -> None:
         VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64), action_space="goal")
     with pytest.raises(ConfigError, match="unknown action space"):
         VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64), action_space="joint")
+
+
+def test_grounded_keypoints_save_load_and_ignore_padding(tmp_path: Path, obs: dict) -> None:
+    pol = tiny_policy(grounded=2)
+    inputs = pol.processor([obs])
+    base = pol.model(**inputs)
+    assert base.keypoints is not None and base.keypoints.shape == (1, 16, 2)
+    pad = inputs["attention_mask"][0] == 0
+    assert pad.any()
+    ids = inputs["input_ids"].clone()
+    ids[0, pad] = pol.processor.tokenizer.token_to_id("knife")  # hidden under the mask
+    again = pol.model(**{**inputs, "input_ids": ids})
+    assert torch.equal(again.keypoints, base.keypoints)
+    pol.save_pretrained(tmp_path / "ckpt")
+    loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert loaded.model.config.grounded_keypoints == 2
+    assert torch.equal(loaded.model(**inputs).logits, base.logits)
+    with pytest.raises(ConfigError, match="grounded_keypoints"):
+        VLAConfig(grounded_keypoints=17)
+
+
+def _two_squares(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.ndarray]:
+    """n images (n, 3, 64, 64) with a red and a blue 4x4 px square at random places, and the
+    squares' centres (n, 2 colours, 2) as (x, y) in [-1, 1] (edge-pixel centres at +-1)."""
+    img = np.zeros((n, 3, 64, 64), np.float32)
+    centres = np.zeros((n, 2, 2), np.float32)
+    for i in range(n):
+        corners = rng.integers(2, 58, (2, 2))
+        while np.abs(corners[0] - corners[1]).max() < 8:
+            corners[1] = rng.integers(2, 58, 2)
+        for colour, (x, y) in enumerate(corners):
+            img[i, 0 if colour == 0 else 2, y : y + 4, x : x + 4] = 2.0
+            centres[i, colour] = (np.array([x, y]) + 1.5) / 63 * 2 - 1
+    return torch.from_numpy(img), centres
+
+
+def test_grounded_keypoint_finds_the_named_object() -> None:
+    """Trained on keypoint labels only, the grounded target keypoint goes to the square the
+    instruction names: the same image with the other colour word moves it to the other one."""
+    from robot_refusal.policies.training import heatmap_loss
+
+    pol = tiny_policy(grounded=1)
+    model, tok = pol.model.train(), pol.processor.tokenizer
+    texts = ["put the red cube in the bin", "put the blue cube in the bin"]
+    ids = torch.tensor([tok.encode(t).ids for t in texts])  # same length, no padding
+    mask = torch.ones_like(ids)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    for _ in range(500):
+        img, centres = _two_squares(rng, 32)
+        which = rng.integers(0, 2, 32)
+        out = model(img, ids[which], torch.zeros(32, 5), mask[which])
+        target = torch.from_numpy(centres[np.arange(32), which])
+        loss = ((out.keypoints[:, 0] - target) ** 2).mean()
+        loss = loss + 0.2 * heatmap_loss(out.heatmap_logits, target[:, None])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    img, centres = _two_squares(np.random.default_rng(1), 64)
+    with torch.no_grad():
+        for word in (0, 1):
+            n = len(img)
+            kp = model(img, ids[[word] * n], torch.zeros(n, 5), mask[[word] * n]).keypoints
+            err_px = (kp[:, 0].numpy() - centres[:, word]).__abs__().max(-1) * 31.5
+            assert np.median(err_px) < 2.0, (texts[word], np.median(err_px))
+            assert (err_px < 4.0).mean() > 0.9, (texts[word], (err_px < 4.0).mean())
+
+
+def test_table_plane_points_invert_the_camera_projection() -> None:
+    from robot_refusal.envs.env import CAMERA_EYE, CAMERA_TARGET
+    from robot_refusal.envs.sim import PyBulletSim
+    from robot_refusal.policies.modeling_vla import table_plane_points
+
+    world = np.array([[0.5, 0.3, 0.02], [0.62, -0.25, 0.02], [0.35, 0.0, 0.02], [0.7, 0.1, 0.02]])
+    uv = PyBulletSim.project(world, 64, 64, CAMERA_EYE, CAMERA_TARGET)  # (4, 2) in [-1, 1]
+    matrix = torch.tensor(_camera(), dtype=torch.float32).reshape(4, 4)
+    back = table_plane_points(torch.tensor(uv, dtype=torch.float32)[None], matrix, (64, 64), 0.02)
+    assert np.abs(back[0].numpy() - world[:, :2]).max() < 1e-4  # metres
+    higher = table_plane_points(torch.tensor(uv, dtype=torch.float32)[None], matrix, (64, 64), 0.1)
+    assert not np.allclose(higher[0].numpy(), world[:, :2], atol=1e-3)  # another plane
+
+
+def test_metric_keypoint_token_needs_a_camera_and_survives_save_load(
+    tmp_path: Path, obs: dict
+) -> None:
+    from robot_refusal.adapters import get_adapter
+
+    with pytest.raises(ConfigError, match="camera_unprojection"):
+        VLAConfig(metric_keypoints=4)
+    pol = tiny_policy(grounded=2, metric=4)
+    cfg = pol.model.config
+    assert cfg.num_image_tokens == cfg.image_tokens_side**2 + 2
+    inputs = pol.processor([obs])
+    logits = pol.model(**inputs).logits
+    assert logits.shape[1] == cfg.prefix_length
+    features = pol.model.metric_features(pol.model(**inputs).keypoints)
+    assert features.shape == (1, 14) and torch.isfinite(features).all()
+    pol.save_pretrained(tmp_path / "ckpt")
+    again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(again.model(**inputs).logits, logits)
+    assert "metric_projector.linear_2" in [w.name for w in get_adapter(again.model).writers]
