@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache, LlamaModel, PreTrainedModel
 
+from robot_refusal.errors import ConfigError
 from robot_refusal.policies.configuration_vla import (
     ACT_ID,
     ACTION_TOKEN_OFFSET,
@@ -242,14 +243,20 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         self.state_projector = MLPProjector(config.state_dim, d)
         if config.metric_keypoints:
             m = config.metric_keypoints
-            self.metric_projector = MLPProjector(4 * m - 2, d)
+            self.metric_projector = MLPProjector(4 * m + 1, d)
         self.language_model = LlamaModel(config.decoder_config())
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.post_init()
 
     # -- embeddings --------------------------------------------------------------------------
     def embed_prefix(
-        self, pixel_values: Tensor, input_ids: Tensor, state: Tensor, attention_mask: Tensor
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        state: Tensor,
+        attention_mask: Tensor,
+        ee_position: Tensor | None = None,
+        metric_source: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Prefix embeddings (B, P, D), its attention mask (B, P), the keypoints (B, K, 2) and
         their heatmap logits (B, K, h, w).
@@ -260,6 +267,10 @@ class VLAForActionPrediction(VLAPreTrainedModel):
                 ACT are added here).
             state: (B, state_dim) normalised proprioceptive state.
             attention_mask: (B, T) 1 for instruction tokens, 0 for padding.
+            ee_position: (B, 3) raw end-effector position (m), which the processor supplies;
+                read only by a model with metric keypoints.
+            metric_source: (B, M', 2) keypoints to build the metric token from instead of the
+                predicted ones (training feeds the labels, as teacher forcing); None: predicted.
         """
         b = pixel_values.shape[0]
         embed = self.language_model.embed_tokens
@@ -273,7 +284,9 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         kp_token = self.keypoint_projector(keypoints.flatten(1))[:, None]
         parts = [self.vision_projector(feats), kp_token]
         if self.config.metric_keypoints:
-            parts.append(self.metric_projector(self.metric_features(keypoints))[:, None])
+            source = keypoints if metric_source is None else metric_source
+            features = self.metric_features(source, ee_position)
+            parts.append(self.metric_projector(features)[:, None])
         img = torch.cat(parts, dim=1)  # (B, N_img, D): feature tokens, keypoint (metric) tokens
         text = embed(input_ids)  # (B, T, D)
         sep = embed(torch.full((b, 1), SEP_ID, dtype=torch.long, device=input_ids.device))
@@ -284,14 +297,22 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         mask = torch.cat([ones, attention_mask, attention_mask.new_ones(b, 3)], dim=1)
         return x, mask, keypoints, heat
 
-    def metric_features(self, keypoints: Tensor) -> Tensor:
-        """(B, K, 2) keypoints -> (B, 4M - 2) inputs of the metric keypoint token.
+    def metric_features(self, keypoints: Tensor, ee_position: Tensor | None) -> Tensor:
+        """(B, K, 2) keypoints, (B, 3) end effector (m) -> (B, 4M + 1) metric token inputs.
 
         The first M = ``config.metric_keypoints`` keypoints cut with the table plane
-        (:func:`table_plane_points`): their (x, y) relative to (0.5, 0) m in units of 0.25 m, and
-        the offsets of the first M - 1 from the M-th (the gripper's in the label order) in
-        units of 0.1 m.
+        (:func:`table_plane_points`): their (x, y) relative to (0.5, 0) m in units of 0.25 m,
+        their offsets from the end effector's (x, y) in units of 0.1 m, and the end effector's
+        height above the plane in units of 0.1 m.
+
+        Raises:
+            ConfigError: Without ``ee_position``.
         """
+        if ee_position is None:
+            raise ConfigError(
+                "this model's metric keypoint token needs ee_position (B, 3) m; "
+                "VLAProcessor supplies it with the other inputs"
+            )
         cfg = self.config
         m = cfg.metric_keypoints
         size = (cfg.image_size, cfg.image_size)
@@ -300,8 +321,12 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             keypoints[:, :m], matrix, size, cfg.metric_plane_height
         )  # (B, M, 2) m
         centre = points.new_tensor([0.5, 0.0])
-        offsets = points[:, :-1] - points[:, -1:]
-        return torch.cat([((points - centre) / 0.25).flatten(1), (offsets / 0.1).flatten(1)], 1)
+        ee = ee_position.to(points.dtype)
+        offsets = points - ee[:, None, :2]  # (B, M, 2) m
+        height = (ee[:, 2:3] - cfg.metric_plane_height) / 0.1
+        return torch.cat(
+            [((points - centre) / 0.25).flatten(1), (offsets / 0.1).flatten(1), height], dim=1
+        )
 
     def forward(
         self,
@@ -313,6 +338,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
         use_cache: bool = False,
+        ee_position: Tensor | None = None,
+        metric_source: Tensor | None = None,
     ) -> VLAOutput:
         """Logits for the prefix plus teacher-forced action tokens.
 
@@ -323,11 +350,14 @@ class VLAForActionPrediction(VLAPreTrainedModel):
                 fed token); -100 is ignored.
             output_hidden_states: Return the residual stream of every layer.
             use_cache: Return a KV cache.
+            ee_position, metric_source: See :meth:`embed_prefix`.
 
         Returns:
             :class:`VLAOutput` with logits (B, P+K, V).
         """
-        x, mask, keypoints, heat = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        x, mask, keypoints, heat = self.embed_prefix(
+            pixel_values, input_ids, state, attention_mask, ee_position, metric_source
+        )
         if action_input_ids is not None:
             x = torch.cat([x, self.language_model.embed_tokens(action_input_ids)], dim=1)
             mask = torch.cat([mask, mask.new_ones(action_input_ids.shape)], dim=1)
@@ -363,7 +393,12 @@ class VLAForActionPrediction(VLAPreTrainedModel):
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict_action_tokens(
-        self, pixel_values: Tensor, input_ids: Tensor, state: Tensor, attention_mask: Tensor
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        state: Tensor,
+        attention_mask: Tensor,
+        ee_position: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Greedy constrained decoding with a KV cache.
 
@@ -375,7 +410,9 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             first-position log-probabilities (B, V) in float32).
         """
         cfg = self.config
-        x, mask, _, _ = self.embed_prefix(pixel_values, input_ids, state, attention_mask)
+        x, mask, _, _ = self.embed_prefix(
+            pixel_values, input_ids, state, attention_mask, ee_position
+        )
         out, positions = self._decode(x, mask, use_cache=True)
         first = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)
         logprobs = first.log_softmax(-1)

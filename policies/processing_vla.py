@@ -232,6 +232,7 @@ class VLAProcessor:
             "input_ids": ids,
             "attention_mask": mask,
             "state": self.preprocess_states(states),
+            "ee_position": torch.from_numpy(states[:, :3].copy()),
         }
 
     # -- outputs --------------------------------------------------------------------------------

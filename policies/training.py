@@ -87,6 +87,10 @@ class TrainConfig:
             table plane through the scene camera's calibration
             (:class:`~robot_refusal.policies.configuration_vla.VLAConfig`); 0 (the shipped
             checkpoints): none.
+        metric_label_noise_px: With metric keypoints, training builds the metric token from
+            the keypoint labels plus Gaussian noise of this many pixels (teacher forcing, so the
+            decoder learns to rely on it); negative: from the predicted keypoints. Validation
+            and inference always use the predicted ones.
         heatmap_weight: Weight of the heatmap cross-entropy (:func:`heatmap_loss`) on the same
             keypoint labels; 0 (the shipped checkpoints) trains the keypoints by squared error
             only.
@@ -114,6 +118,7 @@ class TrainConfig:
     action_space: str = "delta"
     grounded_keypoints: int = 0
     metric_keypoints: int = 0
+    metric_label_noise_px: float = 1.0
     heatmap_weight: float = 0.0
     eval_every: int = 500
     threads: int = 2
@@ -305,6 +310,7 @@ class Batcher:
             "input_ids": self.ids[idx],
             "attention_mask": self.mask[idx],
             "state": p.preprocess_states(d.states[idx]),
+            "ee_position": torch.from_numpy(d.states[idx, :3].copy()),
             "action_input_ids": fed,
             "labels": labels,
         }
@@ -377,16 +383,27 @@ def training_loss(
     keypoint_weight: float,
     label_sigma: float = 0.0,
     heatmap_weight: float = 0.0,
+    metric_label_noise_px: float = -1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Action-token cross-entropy (against Gaussian soft targets when ``label_sigma`` > 0)
     plus the weighted auxiliary keypoint losses (squared error of the keypoints, and with
-    ``heatmap_weight`` > 0 the heatmap cross-entropy of :func:`heatmap_loss`).
+    ``heatmap_weight`` > 0 the heatmap cross-entropy of :func:`heatmap_loss`). With
+    ``metric_label_noise_px`` >= 0 a model with metric keypoints builds its metric token from
+    the keypoint labels plus Gaussian noise of that many pixels (teacher forcing); < 0 from
+    its own predictions.
 
     Returns:
         (total loss, one-hot action-token cross-entropy, keypoint mean squared error or None
         when the batch has no keypoint labels).
     """
     inputs = {k: v for k, v in batch.items() if k != "keypoint_labels"}
+    target_kp = batch.get("keypoint_labels")
+    if model.config.metric_keypoints and target_kp is not None and metric_label_noise_px >= 0:
+        # Teacher forcing of the metric token: the labels, jittered by a pixel or so, so that
+        # the decoder learns to trust it while the predicted keypoints are still poor.
+        half_width = (model.config.image_size - 1) / 2
+        noise = torch.randn(target_kp.shape) * (metric_label_noise_px / half_width)
+        inputs["metric_source"] = target_kp + noise
     out = model(**inputs)
     assert out.loss is not None and out.keypoints is not None
     loss = out.loss
@@ -397,7 +414,6 @@ def training_loss(
         target = soft_action_targets(labels, cfg.vocab_size, cfg.n_bins, label_sigma)
         valid = labels >= 0
         loss = -(target * logp).sum(-1)[valid].mean()
-    target_kp = batch.get("keypoint_labels")
     if target_kp is None or keypoint_weight == heatmap_weight == 0:
         return loss, out.loss, None
     mse = ((out.keypoints[:, : target_kp.shape[1]] - target_kp) ** 2).mean()
@@ -498,7 +514,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     while step < config.steps:
         idx = gen.choice(len(weights), size=config.batch_size, p=weights)
         loss, token_ce, _ = training_loss(
-            model, train_b(idx), config.keypoint_weight, config.label_sigma, config.heatmap_weight
+            model,
+            train_b(idx),
+            config.keypoint_weight,
+            config.label_sigma,
+            config.heatmap_weight,
+            config.metric_label_noise_px,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -128,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         grounded_keypoints=args.grounded_keypoints,
         heatmap_weight=args.heatmap_weight,
         metric_keypoints=args.metric_keypoints,
+        metric_label_noise_px=args.metric_label_noise_px,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -347,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="leading keypoints also given to the decoder in metres, cut with the table plane "
         "through the scene camera's calibration (4: target, destination, hand, gripper; "
         "default 0, as the shipped checkpoints)",
+    )
+    p.add_argument(
+        "--metric-label-noise-px",
+        type=float,
+        default=1.0,
+        help="with --metric-keypoints, training builds the metric token from the keypoint "
+        "labels plus Gaussian noise of this many pixels (teacher forcing); negative: from the "
+        "predicted keypoints",
     )
     p.add_argument(
         "--heatmap-weight",

@@ -234,3 +234,22 @@ def test_grounded_heatmap_training_reports_the_first_frame_target_error(
     # its training scenes: the target is found (within ~4 cm; the image centre is ~10 px off)
     assert fitted["val_first_target_px"] < 0.4 * first["val_first_target_px"], (first, fitted)
     assert np.isfinite(last["val_first_target_px"])
+
+
+def test_metric_token_is_teacher_forced_from_the_labels(tiny_data: Path) -> None:
+    from robot_refusal.policies.training import Batcher, training_loss
+    from tests.policies.test_vla import tiny_policy
+
+    policy = tiny_policy(grounded=2, metric=4)
+    data = load_tensors(load_dataset(tiny_data))
+    batch = Batcher(data, policy.processor)(np.arange(0, len(data.states), 7))
+    model = policy.model.eval()
+    labels = batch["keypoint_labels"]
+    inputs = {k: v for k, v in batch.items() if k != "keypoint_labels"}
+    with torch.no_grad():
+        _, forced_ce, _ = training_loss(model, batch, 5.0, 0.0, 0.0, metric_label_noise_px=0.0)
+        _, own_ce, _ = training_loss(model, batch, 5.0, 0.0, 0.0, metric_label_noise_px=-1.0)
+        from_labels = model(**inputs, metric_source=labels).loss
+        from_own = model(**inputs).loss
+    assert forced_ce == from_labels and own_ce == from_own
+    assert forced_ce != own_ce  # the predicted keypoints are not the labels

@@ -300,8 +300,12 @@ def test_metric_keypoint_token_needs_a_camera_and_survives_save_load(
     inputs = pol.processor([obs])
     logits = pol.model(**inputs).logits
     assert logits.shape[1] == cfg.prefix_length
-    features = pol.model.metric_features(pol.model(**inputs).keypoints)
-    assert features.shape == (1, 14) and torch.isfinite(features).all()
+    keypoints = pol.model(**inputs).keypoints.detach()
+    features = pol.model.metric_features(keypoints, inputs["ee_position"]).detach()
+    assert features.shape == (1, 17) and torch.isfinite(features).all()
+    assert features[0, -1] == pytest.approx((obs["state"][2] - 0.02) / 0.1, abs=1e-5)
+    with pytest.raises(ConfigError, match="ee_position"):
+        pol.model.metric_features(keypoints, None)
     pol.save_pretrained(tmp_path / "ckpt")
     again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(again.model(**inputs).logits, logits)
