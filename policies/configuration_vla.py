@@ -51,9 +51,10 @@ class VLAConfig(PretrainedConfig):
             condition.
         metric_keypoints: How many of the leading keypoints are also given to the decoder in
             metres: each keypoint's camera ray is cut with the horizontal plane at
-            ``metric_plane_height`` and the (x, y) points, with their offsets from the last of
-            them (the gripper's, in the keypoint labels' order), enter as one more image
-            token. 0: none (the shipped checkpoints).
+            ``metric_plane_height`` and the (x, y) points, with their offsets from the
+            end effector (the processor's ``ee_position``) and its height, enter as one more
+            image token (``VLAForActionPrediction.metric_features``). 0: none (the shipped
+            checkpoints).
         camera_unprojection: The camera's inverse view-projection matrix, 16 floats row-major
             (:meth:`robot_refusal.envs.sim.PyBulletSim.unprojection`); required when
             ``metric_keypoints`` > 0. A fixed calibrated camera, as a real cell has.

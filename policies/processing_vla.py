@@ -215,6 +215,11 @@ class VLAProcessor:
     def __call__(self, observations: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Model inputs for a batch of env observations (keys image, state, instruction).
 
+        Returns:
+            ``pixel_values`` (B, 3, H, W) standardised, ``input_ids`` and ``attention_mask``
+            (B, T), ``state`` (B, state_dim) standardised, and ``ee_position`` (B, 3) the raw
+            end-effector position in m (read only by models with metric keypoints).
+
         Raises:
             InvalidObservationError: For a missing key or bad value.
         """
