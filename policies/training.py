@@ -384,13 +384,15 @@ def training_loss(
     label_sigma: float = 0.0,
     heatmap_weight: float = 0.0,
     metric_label_noise_px: float = -1.0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Action-token cross-entropy (against Gaussian soft targets when ``label_sigma`` > 0)
     plus the weighted auxiliary keypoint losses (squared error of the keypoints, and with
     ``heatmap_weight`` > 0 the heatmap cross-entropy of :func:`heatmap_loss`). With
     ``metric_label_noise_px`` >= 0 a model with metric keypoints builds its metric token from
-    the keypoint labels plus Gaussian noise of that many pixels (teacher forcing); < 0 from
-    its own predictions.
+    the keypoint labels plus Gaussian noise of that many pixels (teacher forcing), drawn from
+    ``rng`` (the training sampler's, so that a resumed run repeats it; None: a fixed seed);
+    < 0 from its own predictions.
 
     Returns:
         (total loss, one-hot action-token cross-entropy, keypoint mean squared error or None
@@ -402,8 +404,9 @@ def training_loss(
         # Teacher forcing of the metric token: the labels, jittered by a pixel or so, so that
         # the decoder learns to trust it while the predicted keypoints are still poor.
         half_width = (model.config.image_size - 1) / 2
-        noise = torch.randn(target_kp.shape) * (metric_label_noise_px / half_width)
-        inputs["metric_source"] = target_kp + noise
+        draw = (rng if rng is not None else np.random.default_rng(0)).standard_normal
+        noise = torch.from_numpy(draw(tuple(target_kp.shape)).astype(np.float32))
+        inputs["metric_source"] = target_kp + noise * (metric_label_noise_px / half_width)
     out = model(**inputs)
     assert out.loss is not None and out.keypoints is not None
     loss = out.loss
@@ -520,6 +523,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             config.label_sigma,
             config.heatmap_weight,
             config.metric_label_noise_px,
+            gen,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
