@@ -108,6 +108,18 @@ def _camera_matrices(
     return view, proj
 
 
+def _view_projection(
+    width: int, height: int, eye: Sequence[float], target: Sequence[float], fov_deg: float
+) -> np.ndarray:
+    """The camera's projection @ view matrix (4, 4), row-major, float64: world (homogeneous)
+    -> clip coordinates."""
+    view, proj = (
+        np.asarray(m).reshape(4, 4).T  # PyBullet matrices are column-major
+        for m in _camera_matrices(width, height, eye, target, fov_deg)
+    )
+    return proj @ view
+
+
 class PyBulletSim:
     """One PyBullet physics client with named bodies.
 
@@ -415,12 +427,9 @@ class PyBulletSim:
         Columns are (x, y) normalised so that the centres of the first and last pixel columns
         (rows) are -1 and +1; y grows downward (image rows). Points behind the camera get NaN.
         """
-        view, proj = (
-            np.asarray(m).reshape(4, 4).T  # PyBullet matrices are column-major
-            for m in _camera_matrices(width, height, eye, target, fov_deg)
-        )
+        matrix = _view_projection(width, height, eye, target, fov_deg)
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        clip = (proj @ view @ np.c_[pts, np.ones(len(pts))].T).T  # (N, 4)
+        clip = (matrix @ np.c_[pts, np.ones(len(pts))].T).T  # (N, 4)
         w = np.where(clip[:, 3] > 1e-9, clip[:, 3], np.nan)
         ndc = clip[:, :2] / w[:, None]  # (N, 2) in [-1, 1] at the image edges
         col = (ndc[:, 0] + 1) / 2 * width - 0.5  # pixel-centre coordinates
@@ -441,11 +450,7 @@ class PyBulletSim:
         world points: the camera calibration a policy needs to turn image coordinates into rays
         (see :func:`robot_refusal.policies.modeling_vla.table_plane_points`).
         """
-        view, proj = (
-            np.asarray(m).reshape(4, 4).T
-            for m in _camera_matrices(width, height, eye, target, fov_deg)
-        )
-        return np.linalg.inv(proj @ view)
+        return np.linalg.inv(_view_projection(width, height, eye, target, fov_deg))
 
     def render(
         self,

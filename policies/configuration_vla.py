@@ -106,17 +106,15 @@ class VLAConfig(PretrainedConfig):
         self.action_dim = action_dim
         self.n_bins = n_bins
         self.max_instruction_tokens = max_instruction_tokens
-        if not 0 <= grounded_keypoints <= num_keypoints:
-            raise ConfigError(
-                f"grounded_keypoints must be in [0, num_keypoints={num_keypoints}], "
-                f"got {grounded_keypoints}"
-            )
+        for name, value in (
+            ("grounded_keypoints", grounded_keypoints),
+            ("metric_keypoints", metric_keypoints),
+        ):
+            if not 0 <= value <= num_keypoints:
+                raise ConfigError(
+                    f"{name} must be in [0, num_keypoints={num_keypoints}], got {value}"
+                )
         self.grounded_keypoints = grounded_keypoints
-        if not 0 <= metric_keypoints <= num_keypoints:
-            raise ConfigError(
-                f"metric_keypoints must be in [0, num_keypoints={num_keypoints}], "
-                f"got {metric_keypoints}"
-            )
         if metric_keypoints and (camera_unprojection is None or len(camera_unprojection) != 16):
             raise ConfigError(
                 "metric_keypoints needs camera_unprojection: the camera's inverse "

@@ -62,14 +62,13 @@ class ConvVisionEncoder(nn.Module):
         self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
         self.conv3 = nn.Conv2d(c2, c3, 3, stride=1, padding=1)
         self.film = nn.Linear(config.film_dim, 2 * (c2 + c3))
-        self.keypoint_heads = nn.Conv2d(c3, config.num_keypoints, 1)
+        self.grounded = config.grounded_keypoints
+        self.keypoint_heads = nn.Conv2d(c3, config.num_keypoints - self.grounded, 1)
         self.pool = nn.AdaptiveAvgPool2d(config.image_tokens_side)
         self.out_channels = c3
         self._split = (c2, c2, c3, c3)
-        self.grounded = config.grounded_keypoints
         if self.grounded:
             f = config.film_dim
-            self.keypoint_heads = nn.Conv2d(c3, config.num_keypoints - self.grounded, 1)
             self.role_queries = nn.Parameter(torch.zeros(self.grounded, f))
             self.word_key = nn.Linear(f, f)
             self.word_value = nn.Linear(f, c3)
