@@ -55,6 +55,11 @@ class VLAConfig(PretrainedConfig):
             end effector (the processor's ``ee_position``) and its height, enter as one more
             image token (``VLAForActionPrediction.metric_features``). 0: none (the shipped
             checkpoints).
+        keypoint_stride: Image pixels per heatmap cell: 4 (the shipped checkpoints: heatmaps
+            from the last feature map, H/4 x W/4) or 2 (a finer head at H/2 x W/2 on the first
+            conv layer's features fused with the upsampled last ones, as a feature pyramid's
+            top-down path, Lin et al. 2017; one 64-pixel cell is then about 4 cm of table
+            instead of 8).
         camera_unprojection: The camera's inverse view-projection matrix, 16 floats row-major
             (:meth:`robot_refusal.envs.sim.PyBulletSim.unprojection`); required when
             ``metric_keypoints`` > 0. A fixed calibrated camera, as a real cell has.
@@ -63,7 +68,8 @@ class VLAConfig(PretrainedConfig):
 
     Raises:
         ConfigError: ``grounded_keypoints`` or ``metric_keypoints`` outside
-            ``[0, num_keypoints]``; ``metric_keypoints`` without a 16-float camera matrix.
+            ``[0, num_keypoints]``; ``keypoint_stride`` not 2 or 4; ``metric_keypoints``
+            without a 16-float camera matrix.
     """
 
     model_type = "robot_refusal_vla"
@@ -86,6 +92,7 @@ class VLAConfig(PretrainedConfig):
         max_instruction_tokens: int = 24,
         grounded_keypoints: int = 0,
         metric_keypoints: int = 0,
+        keypoint_stride: int = 4,
         camera_unprojection: list[float] | None = None,
         metric_plane_height: float = 0.02,
         rms_norm_eps: float = 1e-6,
@@ -115,6 +122,9 @@ class VLAConfig(PretrainedConfig):
                     f"{name} must be in [0, num_keypoints={num_keypoints}], got {value}"
                 )
         self.grounded_keypoints = grounded_keypoints
+        if keypoint_stride not in (2, 4):
+            raise ConfigError(f"keypoint_stride must be 2 or 4, got {keypoint_stride}")
+        self.keypoint_stride = keypoint_stride
         if metric_keypoints and (camera_unprojection is None or len(camera_unprojection) != 16):
             raise ConfigError(
                 "metric_keypoints needs camera_unprojection: the camera's inverse "

@@ -39,6 +39,24 @@ from robot_refusal.policies.configuration_vla import (
 )
 
 
+def cell_centres(cells: int, pixels: int | None, like: Tensor) -> Tensor:
+    """Coordinates (cells,) of heatmap cell centres along one image axis, in keypoint-label
+    units (the first and last pixel centres at -1 and +1, as ``PyBulletSim.project``).
+
+    Args:
+        cells: Heatmap cells along the axis.
+        pixels: Image pixels along the axis, for pixel-accurate centres (cell i covers pixels
+            s*i .. s*i + s - 1, s = pixels / cells); ``None`` spreads the centres evenly from
+            -1 to +1, the grid the stride-4 (shipped) checkpoints were trained with.
+        like: Tensor whose dtype and device the result takes.
+    """
+    if pixels is None:
+        return torch.linspace(-1, 1, cells, dtype=like.dtype, device=like.device)
+    s = pixels / cells
+    i = torch.arange(cells, dtype=like.dtype, device=like.device)
+    return (s * i + (s - 1) / 2) * 2 / (pixels - 1) - 1
+
+
 class ConvVisionEncoder(nn.Module):
     """Instruction-conditioned conv encoder: FiLM layers and spatial-softmax keypoints.
 
@@ -52,8 +70,15 @@ class ConvVisionEncoder(nn.Module):
     Input (B, 3, H, W) normalised RGB and (B, film_dim) condition; output pooled feature tokens
     (B, side*side, C) in raster order and keypoints (B, K, 2) as (x, y) in [-1, 1]. With
     ``config.grounded_keypoints = R`` the first R heatmaps come from the instruction's words
-    (see :meth:`_grounded_logits`) and the 1x1 conv gives the other K - R.
+    (see :meth:`_grounded_logits`) and the 1x1 conv gives the other K - R. With
+    ``config.keypoint_stride = 2`` the heatmaps live on a finer map (H/2, W/2): the first conv
+    layer's features concatenated with the last ones upsampled 2x (nearest), a 1x1 conv to
+    ``FINE_CHANNELS`` and a 3x3 conv, as a feature pyramid's top-down path (Lin et al. 2017,
+    section 3), with pixel-accurate cell centres (:func:`cell_centres`); the pooled tokens
+    still come from the last feature map.
     """
+
+    FINE_CHANNELS = 32
 
     def __init__(self, config: VLAConfig) -> None:
         super().__init__()
@@ -63,7 +88,12 @@ class ConvVisionEncoder(nn.Module):
         self.conv3 = nn.Conv2d(c2, c3, 3, stride=1, padding=1)
         self.film = nn.Linear(config.film_dim, 2 * (c2 + c3))
         self.grounded = config.grounded_keypoints
-        self.keypoint_heads = nn.Conv2d(c3, config.num_keypoints - self.grounded, 1)
+        self.fine = getattr(config, "keypoint_stride", 4) == 2
+        ck = self.FINE_CHANNELS if self.fine else c3
+        if self.fine:
+            self.fine_lateral = nn.Conv2d(c1 + c3, ck, 1)
+            self.fine_smooth = nn.Conv2d(ck, ck, 3, padding=1)
+        self.keypoint_heads = nn.Conv2d(ck, config.num_keypoints - self.grounded, 1)
         self.pool = nn.AdaptiveAvgPool2d(config.image_tokens_side)
         self.out_channels = c3
         self._split = (c2, c2, c3, c3)
@@ -71,8 +101,8 @@ class ConvVisionEncoder(nn.Module):
             f = config.film_dim
             self.role_queries = nn.Parameter(torch.zeros(self.grounded, f))
             self.word_key = nn.Linear(f, f)
-            self.word_value = nn.Linear(f, c3)
-            self.cell_key = nn.Conv2d(c3, c3, 1)
+            self.word_value = nn.Linear(f, ck)
+            self.cell_key = nn.Conv2d(ck, ck, 1)
 
     @staticmethod
     def _grid(h: int, w: int, like: Tensor) -> Tensor:
@@ -99,25 +129,32 @@ class ConvVisionEncoder(nn.Module):
 
         Returns:
             Tokens (B, side**2, C), keypoints (B, K, 2) (the grounded ones first) and the
-            heatmap logits (B, K, h', w') whose spatial softmax gives the keypoints (h' = w' =
-            H / 4).
+            heatmap logits (B, K, h', w') whose spatial softmax gives the keypoints (h' = H /
+            keypoint_stride, w' likewise).
         """
         b, _, h, w = pixel_values.shape
         grid = self._grid(h, w, pixel_values)
         x = torch.cat([pixel_values, grid.expand(b, -1, -1, -1)], dim=1)  # (B, 5, H, W)
         g2, b2, g3, b3 = (t[:, :, None, None] for t in self.film(condition).split(self._split, -1))
-        x = F.gelu(self.conv1(x))
-        x = F.gelu(self.conv2(x) * (1 + g2) + b2)
-        x = F.gelu(self.conv3(x) * (1 + g3) + b3)  # (B, C, h', w')
-        logits = self.keypoint_heads(x).flatten(2)  # (B, K - grounded, h'*w')
+        x1 = F.gelu(self.conv1(x))  # (B, c1, H/2, W/2)
+        x = F.gelu(self.conv2(x1) * (1 + g2) + b2)
+        x = F.gelu(self.conv3(x) * (1 + g3) + b3)  # (B, C, H/4, W/4)
+        k = x
+        if self.fine:
+            up = F.interpolate(x, size=x1.shape[2:], mode="nearest")
+            k = F.gelu(self.fine_lateral(torch.cat([x1, up], dim=1)))
+            k = F.gelu(self.fine_smooth(k))  # (B, FINE_CHANNELS, H/2, W/2)
+        logits = self.keypoint_heads(k).flatten(2)  # (B, K - grounded, h'*w')
         if self.grounded:
             assert words is not None and word_mask is not None
-            logits = torch.cat([self._grounded_logits(x, words, word_mask), logits], dim=1)
+            logits = torch.cat([self._grounded_logits(k, words, word_mask), logits], dim=1)
         heat = logits.softmax(-1)  # (B, K, h'*w')
-        fy, fx = self._grid(x.shape[2], x.shape[3], x).flatten(1)  # (h'*w',) each
+        pix = (h, w) if self.fine else (None, None)
+        fy = cell_centres(k.shape[2], pix[0], k)[:, None].expand(-1, k.shape[3]).flatten()
+        fx = cell_centres(k.shape[3], pix[1], k)[None, :].expand(k.shape[2], -1).flatten()
         keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
         tokens = self.pool(x).flatten(2).transpose(1, 2)  # (B, side*side, C)
-        return tokens, keypoints, logits.unflatten(2, x.shape[2:])
+        return tokens, keypoints, logits.unflatten(2, k.shape[2:])
 
     def _grounded_logits(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         """Heatmap logits (B, R, h*w) of the R grounded keypoints.

@@ -36,7 +36,7 @@ from robot_refusal.policies.lerobot_format import (
     STATE_KEY,
     SUBGOAL_KEY,
 )
-from robot_refusal.policies.modeling_vla import VLAForActionPrediction
+from robot_refusal.policies.modeling_vla import VLAForActionPrediction, cell_centres
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.processing_vla import (
     ACTION_SPACES,
@@ -91,6 +91,8 @@ class TrainConfig:
             the keypoint labels plus Gaussian noise of this many pixels (teacher forcing, so the
             decoder learns to rely on it); negative: from the predicted keypoints. Validation
             and inference always use the predicted ones.
+        keypoint_stride: Image pixels per heatmap cell, 4 (the shipped checkpoints) or 2 (a
+            finer keypoint head; :class:`~robot_refusal.policies.configuration_vla.VLAConfig`).
         heatmap_weight: Weight of the heatmap cross-entropy (:func:`heatmap_loss`) on the same
             keypoint labels; 0 (the shipped checkpoints) trains the keypoints by squared error
             only.
@@ -119,6 +121,7 @@ class TrainConfig:
     grounded_keypoints: int = 0
     metric_keypoints: int = 0
     metric_label_noise_px: float = 1.0
+    keypoint_stride: int = 4
     heatmap_weight: float = 0.0
     eval_every: int = 500
     threads: int = 2
@@ -152,6 +155,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name} must be in [0, 4] (the keypoint labels), got {getattr(self, name)}"
                 )
+        if self.keypoint_stride not in (2, 4):
+            raise ConfigError(f"keypoint_stride must be 2 or 4, got {self.keypoint_stride}")
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
@@ -350,7 +355,11 @@ def soft_action_targets(
     return target
 
 
-def heatmap_loss(heatmap_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def heatmap_loss(
+    heatmap_logits: torch.Tensor,
+    labels: torch.Tensor,
+    image_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Cross-entropy of keypoint heatmaps against a Gaussian around each labelled point.
 
     The dense form of the keypoint loss: CLIPort (Shridhar et al. 2021, section 3.2) trains its
@@ -359,7 +368,9 @@ def heatmap_loss(heatmap_logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
     Args:
         heatmap_logits: (B, K, h, w) logits; the first P are scored.
-        labels: (B, P, 2) keypoint labels (x, y) in [-1, 1] (edge-cell centres at +-1).
+        labels: (B, P, 2) keypoint labels (x, y) in [-1, 1] (first and last pixel centres).
+        image_size: (H, W) pixels for pixel-accurate cell centres (models with
+            ``keypoint_stride`` 2); ``None``: edge-cell centres at +-1 (the stride-4 grid).
 
     Returns:
         Scalar mean over B and P of -sum_cells q log softmax(logits), q a normalised Gaussian of
@@ -367,10 +378,11 @@ def heatmap_loss(heatmap_logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """
     p = labels.shape[1]
     h, w = heatmap_logits.shape[-2:]
-    ys = torch.linspace(-1, 1, h, dtype=labels.dtype)
-    xs = torch.linspace(-1, 1, w, dtype=labels.dtype)
-    dx = (xs[None, None, None, :] - labels[..., 0, None, None]) * (w - 1) / 2  # (B, P, 1, w)
-    dy = (ys[None, None, :, None] - labels[..., 1, None, None]) * (h - 1) / 2  # (B, P, h, 1)
+    ph, pw = image_size if image_size is not None else (None, None)
+    ys, xs = cell_centres(h, ph, labels), cell_centres(w, pw, labels)
+    # distances in cells: one cell spans (centre of the last - first) / (cells - 1)
+    dx = (xs[None, None, None, :] - labels[..., 0, None, None]) / (xs[1] - xs[0])  # (B,P,1,w)
+    dy = (ys[None, None, :, None] - labels[..., 1, None, None]) / (ys[1] - ys[0])  # (B,P,h,1)
     q = torch.exp(-0.5 * (dx**2 + dy**2)).flatten(2)  # (B, P, h*w)
     q = q / q.sum(-1, keepdim=True)
     logp = heatmap_logits[:, :p].flatten(2).log_softmax(-1)
@@ -423,7 +435,9 @@ def training_loss(
     loss = loss + keypoint_weight * mse
     if heatmap_weight > 0:
         assert out.heatmap_logits is not None
-        loss = loss + heatmap_weight * heatmap_loss(out.heatmap_logits, target_kp)
+        cfg = model.config
+        size = (cfg.image_size, cfg.image_size) if cfg.keypoint_stride == 2 else None
+        loss = loss + heatmap_weight * heatmap_loss(out.heatmap_logits, target_kp, size)
     return loss, out.loss, mse
 
 
@@ -581,6 +595,7 @@ def _model(
             max_instruction_tokens=processor.max_instruction_tokens,
             grounded_keypoints=config.grounded_keypoints,
             metric_keypoints=config.metric_keypoints,
+            keypoint_stride=config.keypoint_stride,
             camera_unprojection=_scene_camera(processor.image_size)
             if config.metric_keypoints
             else None,

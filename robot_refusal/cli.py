@@ -129,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         heatmap_weight=args.heatmap_weight,
         metric_keypoints=args.metric_keypoints,
         metric_label_noise_px=args.metric_label_noise_px,
+        keypoint_stride=args.keypoint_stride,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -356,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --metric-keypoints, training builds the metric token from the keypoint "
         "labels plus Gaussian noise of this many pixels (teacher forcing); negative: from the "
         "predicted keypoints",
+    )
+    p.add_argument(
+        "--keypoint-stride",
+        type=int,
+        choices=(2, 4),
+        default=4,
+        help="image pixels per keypoint heatmap cell: 4 (default, as the shipped checkpoints) "
+        "or 2 (a finer head on the first conv layer's features fused with the last ones)",
     )
     p.add_argument(
         "--heatmap-weight",

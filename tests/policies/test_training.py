@@ -211,6 +211,16 @@ def test_heatmap_loss_is_the_cross_entropy_to_a_one_cell_gaussian() -> None:
     assert float(heatmap_loss(moved, label)) > entropy + 4.0  # 0.5 * 3**2 nats on average
     flat = torch.zeros(1, 2, h, w)  # only the labelled keypoints (the first P) are scored
     assert float(heatmap_loss(flat, label)) == pytest.approx(np.log(h * w), rel=1e-5)
+    # the fine head's 32x32 cells with pixel-accurate centres: cell (5, 9) is pixel (10.5, 18.5)
+    h = w = 32
+    fine = torch.tensor([[[10.5 / 63 * 2 - 1, 18.5 / 63 * 2 - 1]]])
+    yy, xx = np.mgrid[0:h, 0:w]
+    q = np.exp(-0.5 * ((xx - 5.0) ** 2 + (yy - 9.0) ** 2))
+    q /= q.sum()
+    matched = torch.from_numpy(np.log(q + 1e-30)).float()[None, None]
+    entropy = float(-(q * np.log(q + 1e-30)).sum())
+    assert float(heatmap_loss(matched, fine, (64, 64))) == pytest.approx(entropy, rel=1e-4)
+    assert float(heatmap_loss(matched, fine)) > entropy + 1e-3  # the stride-4 grid is stretched
 
 
 def test_grounded_heatmap_training_reports_the_first_frame_target_error(

@@ -24,7 +24,9 @@ from robot_refusal.policies.processing_vla import Normalization, VLAProcessor, b
 TEXTS = ["put the red cube in the bin", "hand the knife to the person blade first"]
 
 
-def tiny_policy(seed: int = 0, grounded: int = 0, metric: int = 0) -> VLAPolicy:
+def tiny_policy(
+    seed: int = 0, grounded: int = 0, metric: int = 0, keypoint_stride: int = 4
+) -> VLAPolicy:
     acts = ActionTokenizer.fit(np.random.default_rng(seed).uniform(-0.04, 0.04, (200, 4)))
     norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     proc = VLAProcessor(build_tokenizer(TEXTS), acts, norm, 24, (64, 64))
@@ -38,6 +40,7 @@ def tiny_policy(seed: int = 0, grounded: int = 0, metric: int = 0) -> VLAPolicy:
         state_dim=proc.state_dim,
         grounded_keypoints=grounded,
         metric_keypoints=metric,
+        keypoint_stride=keypoint_stride,
         camera_unprojection=_camera() if metric else None,
     )
     torch.manual_seed(seed)
@@ -239,12 +242,15 @@ def _two_squares(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.nda
     return torch.from_numpy(img), centres
 
 
-def test_grounded_keypoint_finds_the_named_object() -> None:
+@pytest.mark.parametrize(("stride", "median_px"), [(4, 2.0), (2, 1.0)])
+def test_grounded_keypoint_finds_the_named_object(stride: int, median_px: float) -> None:
     """Trained on keypoint labels only, the grounded target keypoint goes to the square the
-    instruction names: the same image with the other colour word moves it to the other one."""
+    instruction names: the same image with the other colour word moves it to the other one.
+    The finer head (keypoint_stride 2, 32x32 heatmaps) halves the error bound."""
     from robot_refusal.policies.training import heatmap_loss
 
-    pol = tiny_policy(grounded=1)
+    pol = tiny_policy(grounded=1, keypoint_stride=stride)
+    size = (64, 64) if stride == 2 else None
     model, tok = pol.model.train(), pol.processor.tokenizer
     texts = ["put the red cube in the bin", "put the blue cube in the bin"]
     ids = torch.tensor([tok.encode(t).ids for t in texts])  # same length, no padding
@@ -258,7 +264,8 @@ def test_grounded_keypoint_finds_the_named_object() -> None:
         out = model(img, ids[which], torch.zeros(32, 5), mask[which])
         target = torch.from_numpy(centres[np.arange(32), which])
         loss = ((out.keypoints[:, 0] - target) ** 2).mean()
-        loss = loss + 0.2 * heatmap_loss(out.heatmap_logits, target[:, None])
+        assert out.heatmap_logits.shape[-2:] == (64 // stride, 64 // stride)
+        loss = loss + 0.2 * heatmap_loss(out.heatmap_logits, target[:, None], size)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -269,8 +276,37 @@ def test_grounded_keypoint_finds_the_named_object() -> None:
             n = len(img)
             kp = model(img, ids[[word] * n], torch.zeros(n, 5), mask[[word] * n]).keypoints
             err_px = (kp[:, 0].numpy() - centres[:, word]).__abs__().max(-1) * 31.5
-            assert np.median(err_px) < 2.0, (texts[word], np.median(err_px))
+            assert np.median(err_px) < median_px, (texts[word], np.median(err_px))
             assert (err_px < 4.0).mean() > 0.9, (texts[word], (err_px < 4.0).mean())
+
+
+def test_fine_keypoint_head_config_and_cell_centres(tmp_path: Path, obs: dict) -> None:
+    from robot_refusal.envs.env import CAMERA_EYE, CAMERA_TARGET
+    from robot_refusal.envs.sim import PyBulletSim
+    from robot_refusal.policies.modeling_vla import cell_centres
+
+    with pytest.raises(ConfigError, match="keypoint_stride must be 2 or 4"):
+        VLAConfig(keypoint_stride=3)
+    assert VLAConfig().keypoint_stride == 4  # old configs load with the shipped head
+    like = torch.zeros(1, dtype=torch.float64)
+    assert torch.equal(cell_centres(16, None, like), torch.linspace(-1, 1, 16, dtype=like.dtype))
+    # stride 2: cell 10 covers pixels 20 and 21; its centre is pixel 20.5 in label units
+    centre = float(cell_centres(32, 64, like)[10])
+    assert centre == pytest.approx(20.5 / 63 * 2 - 1, abs=1e-12)
+    # the projection of a world point in pixel 20.5's column lands on that cell's centre
+    world = PyBulletSim.unprojection(64, 64, CAMERA_EYE, CAMERA_TARGET)
+    ndc_x = (20.5 + 0.5) / 64 * 2 - 1
+    p = world @ np.array([ndc_x, 0.0, 0.5, 1.0])
+    uv = PyBulletSim.project((p[:3] / p[3])[None], 64, 64, CAMERA_EYE, CAMERA_TARGET)
+    assert uv[0, 0] == pytest.approx(centre, abs=1e-9)
+    pol = tiny_policy(grounded=2, keypoint_stride=2)
+    inputs = pol.processor([obs])
+    out = pol.model(**inputs)
+    assert out.heatmap_logits.shape == (1, 16, 32, 32)
+    pol.save_pretrained(tmp_path / "ckpt")
+    again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert again.model.config.keypoint_stride == 2
+    assert torch.equal(again.model(**inputs).logits, out.logits)
 
 
 def test_table_plane_points_invert_the_camera_projection() -> None:
