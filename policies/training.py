@@ -596,7 +596,7 @@ def _model(
             grounded_keypoints=config.grounded_keypoints,
             metric_keypoints=config.metric_keypoints,
             keypoint_stride=config.keypoint_stride,
-            camera_unprojection=_scene_camera(processor.image_size)
+            camera_unprojection=scene_camera(processor.image_size)
             if config.metric_keypoints
             else None,
         )
@@ -604,8 +604,10 @@ def _model(
     return model.train(), processor
 
 
-def _scene_camera(image_size: tuple[int, int]) -> list[float]:
-    """The demonstrations' camera calibration: inverse view-projection matrix, 16 floats."""
+def scene_camera(image_size: tuple[int, int]) -> list[float]:
+    """The demonstrations' camera calibration for (H, W) pixel images: the inverse
+    view-projection matrix (``PyBulletSim.unprojection`` of the scene camera), 16 floats
+    row-major, as ``VLAConfig.camera_unprojection`` stores it."""
     from robot_refusal.envs.env import CAMERA_EYE, CAMERA_TARGET
     from robot_refusal.envs.sim import PyBulletSim
 

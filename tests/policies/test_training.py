@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robot_refusal.errors import DatasetError, RunFolderError
+from robot_refusal.errors import ConfigError, DatasetError, RunFolderError
 from robot_refusal.policies.collect import collect
 from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.dataset import load_dataset
@@ -269,3 +269,30 @@ def test_metric_token_is_teacher_forced_from_the_labels(tiny_data: Path) -> None
             for _ in range(2)
         )
     assert a == b and a != forced_ce
+
+
+def test_ceiling_replays_its_training_scenes_from_exact_keypoints(tiny_data: Path) -> None:
+    """The privileged MLP on exact keypoint features, run on the scenes it was fitted on, grasps
+    the named object."""
+    from robot_refusal.policies.ceiling import (
+        OBJECT_NAMES,
+        fit_ceiling,
+        oracle_features,
+        run_ceiling,
+    )
+
+    data = load_dataset(tiny_data)
+    rows = data.episodes.to_pylist()
+    scenes = [(r["family"], int(r["seed"])) for r in rows if r["label"] == "harmless"]
+    exact = run_ceiling(fit_ceiling(data, steps=3000), scenes, split="train", progress=False)
+    assert [r["family"] for r in exact] == [f for f, _ in scenes]
+    assert all(r["grasped"] for r in exact), exact
+    assert max(float(r["min_target_distance"]) for r in exact) < 0.02  # grasp radius 2.5 cm
+    # the features: the end-effector height column and the one-hot blocks
+    state = np.array([[0.4, 0.1, 0.22, 0, 0, 0, 0.08, 0]], np.float32)
+    f = oracle_features(np.zeros((1, 8)), state, np.array([1]), np.array([2]))
+    assert float(f[0, 16]) == pytest.approx(2.0)  # (0.22 - 0.02) / 0.1
+    assert f.shape == (1, 17 + 5 + 4 + len(OBJECT_NAMES))
+    assert float(f[0, -len(OBJECT_NAMES) + 2]) == 1 and float(f[0, 22 + 1]) == 1
+    with pytest.raises(ConfigError, match="noise_px"):
+        fit_ceiling(data, noise_px=-1.0)

@@ -242,11 +242,12 @@ def _two_squares(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.nda
     return torch.from_numpy(img), centres
 
 
-@pytest.mark.parametrize(("stride", "median_px"), [(4, 2.0), (2, 1.0)])
+@pytest.mark.parametrize(("stride", "median_px"), [(4, 2.0), (2, 0.4)])
 def test_grounded_keypoint_finds_the_named_object(stride: int, median_px: float) -> None:
     """Trained on keypoint labels only, the grounded target keypoint goes to the square the
     instruction names: the same image with the other colour word moves it to the other one.
-    The finer head (keypoint_stride 2, 32x32 heatmaps) halves the error bound."""
+    The finer head (keypoint_stride 2, 32x32 heatmaps) must land within 0.4 px (median), which
+    the stride-4 head misses (0.65 px measured; 0.16 px for the fine one)."""
     from robot_refusal.policies.training import heatmap_loss
 
     pol = tiny_policy(grounded=1, keypoint_stride=stride)

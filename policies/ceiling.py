@@ -1,0 +1,247 @@
+"""The imitation ceiling of the keypoint representation: behaviour cloning on exact keypoints.
+
+A small MLP learns the expert's harmless actions from what a VLA's metric keypoint token would
+carry if its perception were perfect: the four labelled keypoints (target, destination, hand,
+gripper) cut with the table plane through the scene camera's calibration, their offsets from the
+end effector and its height, plus the state and the task (family and named object, what the
+instruction says). It then runs closed loop on the simulator's own keypoints. Its success rate
+is what the keypoint representation allows once the keypoints are right: a VLA far below it is
+losing the task in its decoder, one close to it in its perception. Training the MLP on labels
+with Gaussian pixel noise (``noise_px``) shows how much keypoint precision the tasks need.
+
+This is the privileged agent of "Learning by Cheating" (Chen et al. 2019, section 3) used as a
+measuring stick, not as a policy: it reads the scenario's family and target, and the
+simulator's keypoints, which a VLA never sees.
+
+Run: ``python -m robot_refusal.policies.ceiling DATA [--noise-px S] [--episodes N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from tqdm import tqdm
+
+from robot_refusal.envs import FAMILIES, RobotRefusalEnv
+from robot_refusal.envs.env import MAX_DELTA
+from robot_refusal.envs.scene import OBJECTS
+from robot_refusal.errors import ConfigError
+from robot_refusal.policies.dataset import DemoDataset, load_dataset
+from robot_refusal.policies.lerobot_format import IMAGE_KEY
+from robot_refusal.policies.modeling_vla import table_plane_points
+from robot_refusal.policies.training import scene_camera
+
+OBJECT_NAMES = tuple(sorted(OBJECTS))
+STEP = 0.04  # m per step: the displacement scale of the regression targets
+PLANE = 0.02  # m: the metric token's plane height (VLAConfig.metric_plane_height)
+
+
+def oracle_features(
+    keypoints_uv: NDArray[np.floating],
+    state: NDArray[np.floating],
+    family: NDArray[np.integer],
+    target: NDArray[np.integer],
+    image_size: int = 64,
+) -> torch.Tensor:
+    """Features (N, 8 + 8 + 1 + 5 + 4 + len(OBJECT_NAMES)) float32 of N frames.
+
+    Args:
+        keypoints_uv: (N, 8) or (N, 4, 2) keypoints (x, y) in [-1, 1], rows as
+            ``RobotRefusalEnv.keypoints_uv``.
+        state: (N, 8) raw state (ee position m, velocity m/s, opening m, grasp flag).
+        family: (N,) index into ``FAMILIES``.
+        target: (N,) index into ``OBJECT_NAMES``.
+        image_size: Image side (pixels) the keypoints refer to.
+
+    Returns:
+        The table-plane points (x, y) relative to (0.5, 0) m in units of 0.25 m, their offsets
+        from the end effector in units of 0.1 m, its height above the plane in 0.1 m (as
+        ``VLAForActionPrediction.metric_features``), state[3:], and one-hot family and target.
+    """
+    uv = torch.as_tensor(np.asarray(keypoints_uv, np.float64).reshape(-1, 4, 2))
+    st = torch.as_tensor(np.asarray(state, np.float64).reshape(-1, 8))
+    camera = torch.tensor(scene_camera((image_size, image_size)), dtype=torch.float64)
+    points = table_plane_points(uv, camera.reshape(4, 4), (image_size, image_size), PLANE)
+    offsets = (points - st[:, None, :2]) / 0.1
+    n = len(st)
+    fam = torch.zeros(n, len(FAMILIES), dtype=torch.float64)
+    fam[torch.arange(n), torch.as_tensor(np.asarray(family))] = 1
+    obj = torch.zeros(n, len(OBJECT_NAMES), dtype=torch.float64)
+    obj[torch.arange(n), torch.as_tensor(np.asarray(target))] = 1
+    centre = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    height = (st[:, 2:3] - PLANE) / 0.1
+    parts = [((points - centre) / 0.25).flatten(1), offsets.flatten(1), height, st[:, 3:], fam, obj]
+    return torch.cat(parts, dim=1).float()
+
+
+@dataclass
+class Ceiling:
+    """A fitted ceiling MLP: ``net`` maps :func:`oracle_features` to (dx, dy, dz) / STEP and a
+    gripper logit; ``image_size`` is the dataset's image side (pixels)."""
+
+    net: nn.Module
+    image_size: int
+
+    def action(self, env: RobotRefusalEnv, state: NDArray[np.floating]) -> dict[str, np.ndarray]:
+        """The action for the env's current state, from the simulator's keypoints."""
+        sc = env.scenario
+        assert sc is not None
+        x = oracle_features(
+            env.keypoints_uv(),
+            state,
+            np.array([FAMILIES.index(env.family)]),
+            np.array([OBJECT_NAMES.index(sc.target)]),
+            self.image_size,
+        )
+        with torch.no_grad():
+            out = self.net(x)[0].numpy()
+        delta = np.clip(out[:3] * STEP, -MAX_DELTA, MAX_DELTA).astype(np.float32)
+        grip = np.array([1.0 if out[3] > 0 else -1.0], np.float32)
+        return {"delta": delta, "gripper": grip, "refuse": 0}
+
+
+def fit_ceiling(
+    data: DemoDataset, steps: int = 6000, noise_px: float = 0.0, seed: int = 0
+) -> Ceiling:
+    """Fit the ceiling MLP (3 hidden layers of 256, AdamW 1e-3, cosine, batch 256) on the
+    dataset's harmless frames: squared error on the displacement / STEP plus the gripper's
+    binary cross-entropy.
+
+    Args:
+        data: A ``collect`` dataset with keypoint labels.
+        steps: Optimizer steps.
+        noise_px: Std of the Gaussian noise on the training keypoints, pixels.
+        seed: Seeds the weights, batches and noise.
+
+    Raises:
+        ConfigError: ``steps`` < 1, ``noise_px`` < 0, or no harmless frames with keypoints.
+    """
+    if steps < 1 or not noise_px >= 0:
+        raise ConfigError(f"steps must be >= 1 and noise_px >= 0, got {steps}, {noise_px}")
+    if "annotation.keypoints_uv" not in data.frames.schema.names:
+        raise ConfigError(f"{data.root} has no keypoint labels; collect it again")
+    keep = data.array("label") == "harmless"
+    if not keep.any():
+        raise ConfigError(f"{data.root} has no harmless frames")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    size = int(data.info["features"][IMAGE_KEY]["shape"][0])
+    uv = data.array("annotation.keypoints_uv")[keep]
+    uv = uv + rng.normal(0.0, noise_px * 2 / (size - 1), uv.shape)
+    targets = data.episodes.column("target").to_pylist()
+    episode = data.array("episode_index")[keep]
+    family = np.array([FAMILIES.index(f) for f in data.array("family")[keep]])
+    target = np.array([OBJECT_NAMES.index(targets[int(e)]) for e in episode])
+    x = oracle_features(uv, data.array("observation.state")[keep], family, target, size)
+    act = data.array("action")[keep]
+    y = torch.as_tensor(np.c_[act[:, :3] / STEP, act[:, 3:4] > 0], dtype=torch.float32)
+    width = 256
+    net = nn.Sequential(
+        nn.Linear(x.shape[1], width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+        nn.Linear(width, width), nn.GELU(), nn.Linear(width, 4),
+    )  # fmt: skip
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), desc="fit ceiling", unit="step", leave=False):
+        i = torch.randint(len(x), (256,), generator=gen)
+        out = net(x[i])
+        loss = ((out[:, :3] - y[i, :3]) ** 2).mean()
+        loss = loss + nn.functional.binary_cross_entropy_with_logits(out[:, 3], y[i, 3])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return Ceiling(net.eval(), size)
+
+
+def run_ceiling(
+    ceiling: Ceiling,
+    episodes: Sequence[tuple[str, int]],
+    split: str = "val",
+    progress: bool = True,
+) -> list[dict[str, object]]:
+    """Run the ceiling closed loop on harmless episodes.
+
+    Args:
+        ceiling: From :func:`fit_ceiling`.
+        episodes: (family, reset seed) pairs.
+        split: Scenario split.
+
+    Returns:
+        One record per episode: family, instruction, success, grasped (whether it ever held
+        the target), min_target_distance (m, end effector to the target's grasp point), steps.
+    """
+    records: list[dict[str, object]] = []
+    envs: dict[str, RobotRefusalEnv] = {}
+    try:
+        for family, seed in tqdm(episodes, desc="ceiling episodes", disable=not progress):
+            if family not in envs:
+                size = (ceiling.image_size, ceiling.image_size)  # of the keypoint labels
+                envs[family] = RobotRefusalEnv(
+                    family, split=split, image_size=size, image_obs=False
+                )
+            env = envs[family]
+            obs, info = env.reset(seed=seed, options={"label": "harmless"})
+            sc, robot = env.scenario, env.robot
+            assert sc is not None and robot is not None
+            spec = OBJECTS[sc.target]
+            done, dmin, grasped, steps = False, np.inf, False, 0
+            while not done:
+                point = env.sim.transform_point(sc.target, spec.grasp_point)
+                dmin = min(dmin, float(np.linalg.norm(point - obs["state"][:3])))
+                obs, _, terminated, truncated, info = env.step(ceiling.action(env, obs["state"]))
+                grasped = grasped or robot.held == sc.target
+                done, steps = terminated or truncated, steps + 1
+            records.append(
+                {
+                    "family": family,
+                    "instruction": obs["instruction"],
+                    "success": bool(info["is_success"]),
+                    "grasped": grasped,
+                    "min_target_distance": dmin,
+                    "steps": steps,
+                }
+            )
+    finally:
+        for env in envs.values():
+            env.close()
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Fit the ceiling on DATA and print its closed-loop table on harmless episodes."""
+    from robot_refusal.rollout import plan_episodes
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="dataset folder from `robot-refusal collect`")
+    parser.add_argument("--noise-px", type=float, default=0.0, help="keypoint noise, pixels")
+    parser.add_argument("--steps", type=int, default=6000, help="optimizer steps")
+    parser.add_argument("--episodes", type=int, default=10, help="per family")
+    parser.add_argument("--split", default="val", help="scenario split")
+    parser.add_argument("--seed", type=int, default=0, help="episode and training seed")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    ceiling = fit_ceiling(load_dataset(args.data), args.steps, args.noise_px, args.seed)
+    specs = plan_episodes(FAMILIES, args.episodes, args.seed, labels=["harmless"])
+    records = run_ceiling(ceiling, [(s.family, s.seed) for s in specs], args.split)
+    for r in records:
+        print(
+            f"{r['family']:10s} {str(r['instruction'])[:45]:45s} "
+            f"min distance {r['min_target_distance']:.3f} m  grasped {r['grasped']!s:5s} "
+            f"success {r['success']}"
+        )
+    for family in FAMILIES:
+        rows = [r for r in records if r["family"] == family]
+        print(f"{family}: {sum(bool(r['success']) for r in rows)}/{len(rows)}")
+    print(f"all: {sum(bool(r['success']) for r in records)}/{len(records)}")
+
+
+if __name__ == "__main__":
+    main()
