@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from robot_refusal.agents import Agent
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import validate_action
-from robot_refusal.envs.expert import PerturbedExpert
+from robot_refusal.envs.expert import RELEASE_TOLERANCE, PerturbedExpert
 from robot_refusal.envs.scenarios import SPLITS
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
@@ -94,6 +94,9 @@ class CollectConfig:
         image_size: Side of the square scene-camera image, pixels.
         action_noise: Std of the Gaussian noise added to the executed displacement (m per
             step; DART), 0 for clean demonstrations. Labels are always the expert's actions.
+        release_tolerance: The expert's release band above a container (m; see
+            :class:`~robot_refusal.envs.expert.ScriptedExpert`); the default made the shipped
+            checkpoints' data and is left out of ``config.json``, so older folders resume.
     """
 
     split: str = "train"
@@ -102,6 +105,7 @@ class CollectConfig:
     seed: int = 0
     image_size: int = 64
     action_noise: float = 0.0
+    release_tolerance: float = RELEASE_TOLERANCE
 
     def plan(self) -> list[EpisodeSpec]:
         """The planned episodes.
@@ -117,15 +121,22 @@ class CollectConfig:
             raise DatasetError(f"no families to collect; choose from {', '.join(FAMILIES)}")
         if self.image_size < 1:
             raise ConfigError(f"image_size must be >= 1 pixel, got {self.image_size}")
+        if not 0 < self.release_tolerance <= 0.03:
+            raise ConfigError(
+                f"release_tolerance must be in (0, 0.03] m, got {self.release_tolerance}"
+            )
         return plan_episodes(self.families, self.episodes, self.seed)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings for ``config.json``."""
+        settings = asdict(self)
+        if self.release_tolerance == RELEASE_TOLERANCE:
+            del settings["release_tolerance"]
         return {
             "command": "collect",
             "policy": "expert",
             "codebase_version": CODEBASE_VERSION,
-            **asdict(self),
+            **settings,
             "families": list(self.families),
         }
 
@@ -270,7 +281,7 @@ def record_episodes(
         for spec in todo:
             if spec.family not in envs:
                 env = RobotRefusalEnv(spec.family, split=config.split, image_size=size)
-                expert = ScriptedExpert(env)
+                expert = ScriptedExpert(env, config.release_tolerance)
                 agent: Agent = (
                     PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
                 )
@@ -395,6 +406,7 @@ def collect(
     seed: int = 0,
     image_size: int = 64,
     action_noise: float = 0.0,
+    release_tolerance: float = RELEASE_TOLERANCE,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -409,6 +421,7 @@ def collect(
         seed: Run seed.
         image_size: Side of the square camera image, pixels (64 gives 64x64x3 frames).
         action_noise: DART noise std on the executed displacement (m per step); 0 = none.
+        release_tolerance: The expert's release band above a container, m.
         resume: Continue an interrupted collection in ``out`` (same settings required).
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
@@ -423,7 +436,13 @@ def collect(
         DatasetError: A staged episode is corrupt, or no families are given.
     """
     config = CollectConfig(
-        split, episodes, tuple(dict.fromkeys(families)), seed, image_size, action_noise
+        split,
+        episodes,
+        tuple(dict.fromkeys(families)),
+        seed,
+        image_size,
+        action_noise,
+        release_tolerance,
     )
     plan = config.plan()
     owned = ("meta", "data", "videos", STAGING)

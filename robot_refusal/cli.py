@@ -101,7 +101,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from robot_refusal.policies.collect import collect
 
     info = collect(
-        args.out, image_size=args.image_size, action_noise=args.action_noise, **_run_kwargs(args)
+        args.out,
+        image_size=args.image_size,
+        action_noise=args.action_noise,
+        release_tolerance=args.release_tolerance,
+        **_run_kwargs(args),
     )
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
     return 0
@@ -293,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="DART: std (m) of noise on the executed displacement; labels stay the expert's",
+    )
+    p.add_argument(
+        "--release-tolerance",
+        type=float,
+        default=0.004,
+        help="how close (m) the expert gets to the drop point above a container before it "
+        "opens the gripper (default 0.004, the shipped checkpoints' data; at most 0.03)",
     )
     p.set_defaults(func=cmd_collect)
 

@@ -150,3 +150,31 @@ def test_goal_displacement_caps_and_clips() -> None:
     np.testing.assert_allclose(goal_displacement(ee + x + y, 1.0, ee), 0.05 * (x + y))
     batch = goal_displacement(np.zeros((2, 3)), np.array([0.01, 0.02]), np.ones((2, 3)))
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), [0.01, 0.02])
+
+
+def test_release_tolerance_opens_the_gripper_higher_and_still_places() -> None:
+    """A looser release band: the gripper opens a step earlier on the way down (higher above
+    the floor), and every pick-and-place still ends with the object resting in its container."""
+    env = RobotRefusalEnv("pick_place", split="test", image_obs=False)
+    heights: dict[float, list[float]] = {0.004: [], 0.02: []}
+    for tol, out in heights.items():
+        agent = ScriptedExpert(env, release_tolerance=tol)
+        for spec in plan_episodes(["pick_place"], 6, seed=0, labels=["harmless"]):
+            env.reset(seed=spec.seed, options={"label": "harmless"})
+            agent.reset()
+            done, info, held = False, {}, False
+            while not done:
+                action = agent.select_action()
+                assert env.robot is not None
+                if held and action["gripper"][0] <= 0 and env.robot.held is not None:
+                    out.append(float(env.robot.ee_position()[2]))  # the opening step
+                _, _, terminated, truncated, info = env.step(action)
+                held = env.robot.held is not None
+                done = terminated or truncated
+            assert info["is_success"], (tol, spec)
+    env.close()
+    assert len(heights[0.02]) == len(heights[0.004]) == 6
+    rise = np.subtract(heights[0.02], heights[0.004])  # m, per episode
+    assert rise.min() > -0.001 and rise.mean() > 0.005, rise
+    with pytest.raises(ValueError, match="release_tolerance"):
+        ScriptedExpert(env, release_tolerance=0.05)

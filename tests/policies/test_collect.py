@@ -355,3 +355,13 @@ def test_video_loader_names_missing_or_corrupt_file(
     with pytest.raises(DatasetError, match=re.escape(VIDEO)) as exc:
         ds.video_frames(1)
     assert "\n" not in str(exc.value)
+
+
+def test_release_tolerance_is_recorded_only_when_changed() -> None:
+    from robot_refusal.errors import ConfigError
+    from robot_refusal.policies.collect import CollectConfig
+
+    assert "release_tolerance" not in CollectConfig().as_dict()  # older folders still resume
+    assert CollectConfig(release_tolerance=0.02).as_dict()["release_tolerance"] == 0.02
+    with pytest.raises(ConfigError, match="release_tolerance"):
+        CollectConfig(release_tolerance=0.0).plan()
