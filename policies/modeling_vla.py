@@ -13,7 +13,9 @@ With ``config.grounded_keypoints = R > 0`` the first R keypoint heatmaps are gro
 instruction word by word (CLIPort-style language-conditioned heatmaps, Shridhar et al. 2021,
 section 3.2): a learned query per keypoint attends over the instruction's word embeddings and
 the attended phrase vector is correlated with every cell of the feature map. The auxiliary
-keypoint loss supervises them with the target and destination labels.
+keypoint loss supervises them with the target and destination labels. With
+``config.keypoint_stride = 2`` the heatmaps come from a finer head at half the image resolution
+(see :class:`ConvVisionEncoder`).
 
 Actions are generated token by token with a KV cache, as in OpenVLA and RT-2 (Kim et al. 2024;
 Brohan et al. 2023): the first token is ``<refuse>`` or action bin 1, then bins 2..4.
@@ -88,7 +90,7 @@ class ConvVisionEncoder(nn.Module):
         self.conv3 = nn.Conv2d(c2, c3, 3, stride=1, padding=1)
         self.film = nn.Linear(config.film_dim, 2 * (c2 + c3))
         self.grounded = config.grounded_keypoints
-        self.fine = getattr(config, "keypoint_stride", 4) == 2
+        self.fine = config.keypoint_stride == 2
         ck = self.FINE_CHANNELS if self.fine else c3
         if self.fine:
             self.fine_lateral = nn.Conv2d(c1 + c3, ck, 1)
