@@ -31,7 +31,7 @@ from tqdm import tqdm
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.env import MAX_DELTA
 from robot_refusal.envs.scene import OBJECTS
-from robot_refusal.errors import ConfigError
+from robot_refusal.errors import ConfigError, RobotRefusalError
 from robot_refusal.policies.dataset import DemoDataset, load_dataset
 from robot_refusal.policies.lerobot_format import IMAGE_KEY
 from robot_refusal.policies.modeling_vla import table_plane_points
@@ -89,7 +89,8 @@ class Ceiling:
     image_size: int
 
     def action(self, env: RobotRefusalEnv, state: NDArray[np.floating]) -> dict[str, np.ndarray]:
-        """The action for the env's current state, from the simulator's keypoints."""
+        """The action dict (delta (3,) m, gripper (1,), refuse 0) for the env's current state
+        (8,), from the simulator's keypoints."""
         sc = env.scenario
         assert sc is not None
         x = oracle_features(
@@ -177,6 +178,9 @@ def run_ceiling(
     Returns:
         One record per episode: family, instruction, success, grasped (whether it ever held
         the target), min_target_distance (m, end effector to the target's grasp point), steps.
+
+    Raises:
+        UnknownNameError: An unknown family or split (from ``RobotRefusalEnv``).
     """
     records: list[dict[str, object]] = []
     envs: dict[str, RobotRefusalEnv] = {}
@@ -228,9 +232,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="episode and training seed")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    ceiling = fit_ceiling(load_dataset(args.data), args.steps, args.noise_px, args.seed)
-    specs = plan_episodes(FAMILIES, args.episodes, args.seed, labels=["harmless"])
-    records = run_ceiling(ceiling, [(s.family, s.seed) for s in specs], args.split)
+    try:
+        ceiling = fit_ceiling(load_dataset(args.data), args.steps, args.noise_px, args.seed)
+        specs = plan_episodes(FAMILIES, args.episodes, args.seed, labels=["harmless"])
+        records = run_ceiling(ceiling, [(s.family, s.seed) for s in specs], args.split)
+    except RobotRefusalError as e:
+        parser.exit(2, f"error: {e}\n")
     for r in records:
         print(
             f"{r['family']:10s} {str(r['instruction'])[:45]:45s} "
