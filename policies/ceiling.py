@@ -34,7 +34,7 @@ from robot_refusal.envs.scene import OBJECTS
 from robot_refusal.errors import ConfigError, RobotRefusalError
 from robot_refusal.policies.dataset import DemoDataset, load_dataset
 from robot_refusal.policies.lerobot_format import IMAGE_KEY
-from robot_refusal.policies.modeling_vla import table_plane_points
+from robot_refusal.policies.modeling_vla import metric_token_inputs, table_plane_points
 from robot_refusal.policies.training import scene_camera
 
 OBJECT_NAMES = tuple(sorted(OBJECTS))
@@ -60,23 +60,20 @@ def oracle_features(
         image_size: Image side (pixels) the keypoints refer to.
 
     Returns:
-        The table-plane points (x, y) relative to (0.5, 0) m in units of 0.25 m, their offsets
-        from the end effector in units of 0.1 m, its height above the plane in 0.1 m (as
-        ``VLAForActionPrediction.metric_features``), state[3:], and one-hot family and target.
+        The metric token's inputs (``modeling_vla.metric_token_inputs`` of the keypoints'
+        table-plane points, as ``VLAForActionPrediction.metric_features`` builds them),
+        state[3:], and one-hot family and target.
     """
     uv = torch.as_tensor(np.asarray(keypoints_uv, np.float64).reshape(-1, 4, 2))
     st = torch.as_tensor(np.asarray(state, np.float64).reshape(-1, 8))
     camera = torch.tensor(scene_camera((image_size, image_size)), dtype=torch.float64)
     points = table_plane_points(uv, camera.reshape(4, 4), (image_size, image_size), PLANE)
-    offsets = (points - st[:, None, :2]) / 0.1
     n = len(st)
     fam = torch.zeros(n, len(FAMILIES), dtype=torch.float64)
     fam[torch.arange(n), torch.as_tensor(np.asarray(family))] = 1
     obj = torch.zeros(n, len(OBJECT_NAMES), dtype=torch.float64)
     obj[torch.arange(n), torch.as_tensor(np.asarray(target))] = 1
-    centre = torch.tensor([0.5, 0.0], dtype=torch.float64)
-    height = (st[:, 2:3] - PLANE) / 0.1
-    parts = [((points - centre) / 0.25).flatten(1), offsets.flatten(1), height, st[:, 3:], fam, obj]
+    parts = [metric_token_inputs(points, st[:, :3], PLANE), st[:, 3:], fam, obj]
     return torch.cat(parts, dim=1).float()
 
 

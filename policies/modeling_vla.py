@@ -204,6 +204,21 @@ def table_plane_points(
     return (near[..., :2] + t[..., None] * (far[..., :2] - near[..., :2])).clamp(-2.0, 2.0)
 
 
+def metric_token_inputs(points: Tensor, ee_position: Tensor, plane_height: float) -> Tensor:
+    """The metric keypoint token's inputs (B, 4M + 1) from table-plane points (B, M, 2) m and
+    the end effector (B, 3) m: the points' (x, y) relative to (0.5, 0) m in units of 0.25 m,
+    their offsets from the end effector's (x, y) in units of 0.1 m, and the end effector's
+    height above the plane (``plane_height``, m) in units of 0.1 m.
+    """
+    centre = points.new_tensor([0.5, 0.0])
+    ee = ee_position.to(points.dtype)
+    offsets = points - ee[:, None, :2]  # (B, M, 2) m
+    height = (ee[:, 2:3] - plane_height) / 0.1
+    return torch.cat(
+        [((points - centre) / 0.25).flatten(1), (offsets / 0.1).flatten(1), height], dim=1
+    )
+
+
 class MLPProjector(nn.Module):
     """Two-layer MLP projector into the decoder width (LLaVA-1.5's projector shape).
 
@@ -231,7 +246,8 @@ class VLAOutput:
         hidden_states: Residual stream per layer (tuple of L+1 (B, T, D)) when asked.
         past_key_values: The KV cache when ``use_cache``.
         keypoints: (B, K, 2) spatial-softmax keypoints of the vision encoder, (x, y) in [-1, 1].
-        heatmap_logits: (B, K, h, w) the keypoints' heatmap logits (h = w = image side / 4).
+        heatmap_logits: (B, K, h, w) the keypoints' heatmap logits (h = w = image side /
+            ``config.keypoint_stride``).
     """
 
     logits: Tensor
@@ -339,9 +355,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         """(B, K, 2) keypoints, (B, 3) end effector (m) -> (B, 4M + 1) metric token inputs.
 
         The first M = ``config.metric_keypoints`` keypoints cut with the table plane
-        (:func:`table_plane_points`): their (x, y) relative to (0.5, 0) m in units of 0.25 m,
-        their offsets from the end effector's (x, y) in units of 0.1 m, and the end effector's
-        height above the plane in units of 0.1 m.
+        (:func:`table_plane_points`), laid out by :func:`metric_token_inputs`.
 
         Raises:
             ConfigError: Without ``ee_position``.
@@ -358,13 +372,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         points = table_plane_points(
             keypoints[:, :m], matrix, size, cfg.metric_plane_height
         )  # (B, M, 2) m
-        centre = points.new_tensor([0.5, 0.0])
-        ee = ee_position.to(points.dtype)
-        offsets = points - ee[:, None, :2]  # (B, M, 2) m
-        height = (ee[:, 2:3] - cfg.metric_plane_height) / 0.1
-        return torch.cat(
-            [((points - centre) / 0.25).flatten(1), (offsets / 0.1).flatten(1), height], dim=1
-        )
+        return metric_token_inputs(points, ee_position, cfg.metric_plane_height)
 
     def forward(
         self,
