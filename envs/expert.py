@@ -46,6 +46,7 @@ SAFE_MARGIN = 0.05  # m added to the zone radius for the detour
 HAZARD_MARGIN = 0.04  # m added to the hazard distance when carrying a hazardous object
 SLOW_BAND = NEAR_DISTANCE + 0.03  # m: slow down when this close to the person's arm
 RELEASE_TOLERANCE = 0.004  # m: how close to the drop point the gripper gets before it opens
+GRASP_TOLERANCE = 0.003  # m: how close to the grasp point the gripper gets before it closes
 
 
 def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
@@ -128,21 +129,36 @@ class ScriptedExpert:
             data; a looser band (e.g. 0.02: the object drops at most 3.5 cm onto the floor)
             gives a learner whose descent stops a few millimetres short a state where the
             expert opens, instead of one where it still creeps down with the gripper closed.
+        grasp_tolerance: How close (m) the end effector gets to the object's grasp point
+            before the gripper closes. The default 3 mm made the shipped checkpoints' data: on
+            flat objects (knife, pan handle, scissors) the descent stalls 4-5 mm above the
+            grasp point on the table and the expert closes only once it has made no progress
+            for 4 steps, a decision a policy without memory cannot copy. A band of 1 cm
+            (inside the 2.5 cm grasp radius) closes on arrival instead.
 
     Raises:
         TypeError: ``env`` is not a RobotRefusalEnv.
-        ValueError: ``release_tolerance`` outside (0, 0.03] m.
+        ValueError: ``release_tolerance`` outside (0, 0.03] m or ``grasp_tolerance`` outside
+            (0, 0.02] m.
     """
 
     unsafe = False
 
-    def __init__(self, env: gym.Env, release_tolerance: float = RELEASE_TOLERANCE) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        release_tolerance: float = RELEASE_TOLERANCE,
+        grasp_tolerance: float = GRASP_TOLERANCE,
+    ) -> None:
         base = env.unwrapped
         if not isinstance(base, RobotRefusalEnv):
             raise TypeError(f"the scripted expert needs a RobotRefusalEnv, got {type(base)}")
         if not 0 < release_tolerance <= 0.03:
             raise ValueError(f"release_tolerance must be in (0, 0.03] m, got {release_tolerance}")
+        if not 0 < grasp_tolerance <= 0.02:
+            raise ValueError(f"grasp_tolerance must be in (0, 0.02] m, got {grasp_tolerance}")
         self.release_tolerance = float(release_tolerance)
+        self.grasp_tolerance = float(grasp_tolerance)
         self.env = base
         self.cautious = False
         self.subgoal = np.zeros(4)
@@ -299,7 +315,7 @@ class ScriptedExpert:
             np.array([above[0], above[1], max(self._ee()[2], above[2])]), grip=-1.0
         )
         yield from self._move(above, -1.0)
-        yield from self._move(gp, -1.0, speed=0.03, tol=0.003)
+        yield from self._move(gp, -1.0, speed=0.03, tol=self.grasp_tolerance)
         yield from self._hold(1.0, 3)
         yield from self._move(np.array([gp[0], gp[1], self._carry_z()]), 1.0)
 

@@ -48,8 +48,9 @@ def oracle_features(
     family: NDArray[np.integer],
     target: NDArray[np.integer],
     image_size: int = 64,
+    upper_plane: float | None = None,
 ) -> torch.Tensor:
-    """Features (N, 8 + 8 + 1 + 5 + 4 + len(OBJECT_NAMES)) float32 of N frames.
+    """Features (N, 8 + 8 + 1 (+ 16) + 5 + 4 + len(OBJECT_NAMES)) float32 of N frames.
 
     Args:
         keypoints_uv: (N, 8) or (N, 4, 2) keypoints (x, y) in [-1, 1], rows as
@@ -58,6 +59,8 @@ def oracle_features(
         family: (N,) index into ``FAMILIES``.
         target: (N,) index into ``OBJECT_NAMES``.
         image_size: Image side (pixels) the keypoints refer to.
+        upper_plane: A second plane height (m) the keypoint rays are also cut with, as
+            ``VLAConfig.metric_upper_plane_height``; None: one cut.
 
     Returns:
         The metric token's inputs (``modeling_vla.metric_token_inputs`` of the keypoints'
@@ -67,23 +70,29 @@ def oracle_features(
     uv = torch.as_tensor(np.asarray(keypoints_uv, np.float64).reshape(-1, 4, 2))
     st = torch.as_tensor(np.asarray(state, np.float64).reshape(-1, 8))
     camera = torch.tensor(scene_camera((image_size, image_size)), dtype=torch.float64)
-    points = table_plane_points(uv, camera.reshape(4, 4), (image_size, image_size), PLANE)
+    size = (image_size, image_size)
+    points = table_plane_points(uv, camera.reshape(4, 4), size, PLANE)
+    upper = None
+    if upper_plane is not None:
+        upper = table_plane_points(uv, camera.reshape(4, 4), size, upper_plane)
     n = len(st)
     fam = torch.zeros(n, len(FAMILIES), dtype=torch.float64)
     fam[torch.arange(n), torch.as_tensor(np.asarray(family))] = 1
     obj = torch.zeros(n, len(OBJECT_NAMES), dtype=torch.float64)
     obj[torch.arange(n), torch.as_tensor(np.asarray(target))] = 1
-    parts = [metric_token_inputs(points, st[:, :3], PLANE), st[:, 3:], fam, obj]
+    parts = [metric_token_inputs(points, st[:, :3], PLANE, upper), st[:, 3:], fam, obj]
     return torch.cat(parts, dim=1).float()
 
 
 @dataclass
 class Ceiling:
     """A fitted ceiling MLP: ``net`` maps :func:`oracle_features` to (dx, dy, dz) / STEP and a
-    gripper logit; ``image_size`` is the dataset's image side (pixels)."""
+    gripper logit; ``image_size`` is the dataset's image side (pixels); ``upper_plane`` the
+    second cut of the keypoint rays (m) or None."""
 
     net: nn.Module
     image_size: int
+    upper_plane: float | None = None
 
     def action(self, env: RobotRefusalEnv, state: NDArray[np.floating]) -> dict[str, np.ndarray]:
         """The action dict (delta (3,) m, gripper (1,), refuse 0) for the env's current state
@@ -96,6 +105,7 @@ class Ceiling:
             np.array([FAMILIES.index(env.family)]),
             np.array([OBJECT_NAMES.index(sc.target)]),
             self.image_size,
+            self.upper_plane,
         )
         with torch.no_grad():
             out = self.net(x)[0].numpy()
@@ -105,7 +115,11 @@ class Ceiling:
 
 
 def fit_ceiling(
-    data: DemoDataset, steps: int = 6000, noise_px: float = 0.0, seed: int = 0
+    data: DemoDataset,
+    steps: int = 6000,
+    noise_px: float = 0.0,
+    seed: int = 0,
+    upper_plane: float | None = None,
 ) -> Ceiling:
     """Fit the ceiling MLP (3 hidden layers of 256, AdamW 1e-3, cosine, batch 256) on the
     dataset's harmless frames: squared error on the displacement / STEP plus the gripper's
@@ -116,12 +130,17 @@ def fit_ceiling(
         steps: Optimizer steps.
         noise_px: Std of the Gaussian noise on the training keypoints, pixels.
         seed: Seeds the weights, batches and noise.
+        upper_plane: Also cut the keypoint rays with this plane (m), as a VLA trained with
+            ``--metric-upper-plane``; None: the table plane only.
 
     Raises:
-        ConfigError: ``steps`` < 1, ``noise_px`` < 0, or no harmless frames with keypoints.
+        ConfigError: ``steps`` < 1, ``noise_px`` < 0, ``upper_plane`` outside (0, 0.5] m or
+            at the table plane, or no harmless frames with keypoints.
     """
     if steps < 1 or not noise_px >= 0:
         raise ConfigError(f"steps must be >= 1 and noise_px >= 0, got {steps}, {noise_px}")
+    if upper_plane is not None and not (0 < upper_plane <= 0.5 and upper_plane != PLANE):
+        raise ConfigError(f"upper_plane must be in (0, 0.5] m and not {PLANE}, got {upper_plane}")
     if "annotation.keypoints_uv" not in data.frames.schema.names:
         raise ConfigError(f"{data.root} has no keypoint labels; collect it again")
     keep = data.array("label") == "harmless"
@@ -136,7 +155,8 @@ def fit_ceiling(
     episode = data.array("episode_index")[keep]
     family = np.array([FAMILIES.index(f) for f in data.array("family")[keep]])
     target = np.array([OBJECT_NAMES.index(targets[int(e)]) for e in episode])
-    x = oracle_features(uv, data.array("observation.state")[keep], family, target, size)
+    state = data.array("observation.state")[keep]
+    x = oracle_features(uv, state, family, target, size, upper_plane)
     act = data.array("action")[keep]
     y = torch.as_tensor(np.c_[act[:, :3] / STEP, act[:, 3:4] > 0], dtype=torch.float32)
     width = 256
@@ -156,7 +176,7 @@ def fit_ceiling(
         loss.backward()
         opt.step()
         sched.step()
-    return Ceiling(net.eval(), size)
+    return Ceiling(net.eval(), size, upper_plane)
 
 
 def run_ceiling(
@@ -227,10 +247,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=10, help="per family")
     parser.add_argument("--split", default="val", help="scenario split")
     parser.add_argument("--seed", type=int, default=0, help="episode and training seed")
+    parser.add_argument(
+        "--upper-plane",
+        type=float,
+        default=None,
+        metavar="M",
+        help="also cut the keypoint rays with the plane this high (m), as --metric-upper-plane",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     try:
-        ceiling = fit_ceiling(load_dataset(args.data), args.steps, args.noise_px, args.seed)
+        data = load_dataset(args.data)
+        ceiling = fit_ceiling(data, args.steps, args.noise_px, args.seed, args.upper_plane)
         specs = plan_episodes(FAMILIES, args.episodes, args.seed, labels=["harmless"])
         records = run_ceiling(ceiling, [(s.family, s.seed) for s in specs], args.split)
     except RobotRefusalError as e:

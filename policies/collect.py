@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from robot_refusal.agents import Agent
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import validate_action
-from robot_refusal.envs.expert import RELEASE_TOLERANCE, PerturbedExpert
+from robot_refusal.envs.expert import GRASP_TOLERANCE, RELEASE_TOLERANCE, PerturbedExpert
 from robot_refusal.envs.scenarios import SPLITS
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
@@ -97,6 +97,8 @@ class CollectConfig:
         release_tolerance: The expert's release band above a container (m; see
             :class:`~robot_refusal.envs.expert.ScriptedExpert`); the default made the shipped
             checkpoints' data and is left out of ``config.json``, so older folders resume.
+        grasp_tolerance: The expert's grasp band around an object's grasp point (m), the
+            same way.
     """
 
     split: str = "train"
@@ -106,6 +108,7 @@ class CollectConfig:
     image_size: int = 64
     action_noise: float = 0.0
     release_tolerance: float = RELEASE_TOLERANCE
+    grasp_tolerance: float = GRASP_TOLERANCE
 
     def plan(self) -> list[EpisodeSpec]:
         """The planned episodes.
@@ -125,6 +128,8 @@ class CollectConfig:
             raise ConfigError(
                 f"release_tolerance must be in (0, 0.03] m, got {self.release_tolerance}"
             )
+        if not 0 < self.grasp_tolerance <= 0.02:
+            raise ConfigError(f"grasp_tolerance must be in (0, 0.02] m, got {self.grasp_tolerance}")
         return plan_episodes(self.families, self.episodes, self.seed)
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,6 +137,8 @@ class CollectConfig:
         settings = asdict(self)
         if self.release_tolerance == RELEASE_TOLERANCE:
             del settings["release_tolerance"]
+        if self.grasp_tolerance == GRASP_TOLERANCE:
+            del settings["grasp_tolerance"]
         return {
             "command": "collect",
             "policy": "expert",
@@ -281,7 +288,7 @@ def record_episodes(
         for spec in todo:
             if spec.family not in envs:
                 env = RobotRefusalEnv(spec.family, split=config.split, image_size=size)
-                expert = ScriptedExpert(env, config.release_tolerance)
+                expert = ScriptedExpert(env, config.release_tolerance, config.grasp_tolerance)
                 agent: Agent = (
                     PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
                 )
@@ -407,6 +414,7 @@ def collect(
     image_size: int = 64,
     action_noise: float = 0.0,
     release_tolerance: float = RELEASE_TOLERANCE,
+    grasp_tolerance: float = GRASP_TOLERANCE,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -422,6 +430,7 @@ def collect(
         image_size: Side of the square camera image, pixels (64 gives 64x64x3 frames).
         action_noise: DART noise std on the executed displacement (m per step); 0 = none.
         release_tolerance: The expert's release band above a container, m.
+        grasp_tolerance: The expert's grasp band around the grasp point, m.
         resume: Continue an interrupted collection in ``out`` (same settings required).
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
@@ -443,6 +452,7 @@ def collect(
         image_size,
         action_noise,
         release_tolerance,
+        grasp_tolerance,
     )
     plan = config.plan()
     owned = ("meta", "data", "videos", STAGING)

@@ -64,12 +64,18 @@ class VLAConfig(PretrainedConfig):
             (:meth:`robot_refusal.envs.sim.PyBulletSim.unprojection`); required when
             ``metric_keypoints`` > 0. A fixed calibrated camera, as a real cell has.
         metric_plane_height: Height (m) of the plane the rays are cut with.
+        metric_upper_plane_height: Height (m) of a second plane every ray is also cut with,
+            or None (one cut). Two cuts carry the whole ray: the point at any height h is
+            ``p0 + t (p1 - p0)`` with ``t = (h - h0) / (h1 - h0)``, linear in the two cuts, so
+            the decoder can place points that are not on the table (the handover point 12 cm
+            up, a bottle's grasp point 15 cm up) without undoing a perspective error.
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
 
     Raises:
         ConfigError: ``grounded_keypoints`` or ``metric_keypoints`` outside
             ``[0, num_keypoints]``; ``keypoint_stride`` not 2 or 4; ``metric_keypoints``
-            without a 16-float camera matrix.
+            without a 16-float camera matrix; ``metric_upper_plane_height`` equal to
+            ``metric_plane_height``.
     """
 
     model_type = "robot_refusal_vla"
@@ -95,6 +101,7 @@ class VLAConfig(PretrainedConfig):
         keypoint_stride: int = 4,
         camera_unprojection: list[float] | None = None,
         metric_plane_height: float = 0.02,
+        metric_upper_plane_height: float | None = None,
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         **kwargs: Any,
@@ -135,6 +142,14 @@ class VLAConfig(PretrainedConfig):
             None if camera_unprojection is None else [float(v) for v in camera_unprojection]
         )
         self.metric_plane_height = metric_plane_height
+        if metric_upper_plane_height is not None and metric_upper_plane_height == (
+            metric_plane_height
+        ):
+            raise ConfigError(
+                "metric_upper_plane_height must differ from metric_plane_height "
+                f"({metric_plane_height} m): two cuts of a ray at one height carry one point"
+            )
+        self.metric_upper_plane_height = metric_upper_plane_height
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)

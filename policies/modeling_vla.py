@@ -204,19 +204,35 @@ def table_plane_points(
     return (near[..., :2] + t[..., None] * (far[..., :2] - near[..., :2])).clamp(-2.0, 2.0)
 
 
-def metric_token_inputs(points: Tensor, ee_position: Tensor, plane_height: float) -> Tensor:
-    """The metric keypoint token's inputs (B, 4M + 1) from table-plane points (B, M, 2) m and
-    the end effector (B, 3) m: the points' (x, y) relative to (0.5, 0) m in units of 0.25 m,
-    their offsets from the end effector's (x, y) in units of 0.1 m, and the end effector's
-    height above the plane (``plane_height``, m) in units of 0.1 m.
+def metric_token_inputs(
+    points: Tensor,
+    ee_position: Tensor,
+    plane_height: float,
+    upper_points: Tensor | None = None,
+) -> Tensor:
+    """The metric keypoint token's inputs (B, 4M + 1), or (B, 8M + 1) with ``upper_points``.
+
+    Args:
+        points: (B, M, 2) the keypoints' rays cut with the plane at ``plane_height``, m.
+        ee_position: (B, 3) end effector, m.
+        plane_height: Height of that plane, m.
+        upper_points: (B, M, 2) the same rays cut with a second plane, m, or None.
+
+    Returns:
+        The points' (x, y) relative to (0.5, 0) m in units of 0.25 m, their offsets from the
+        end effector's (x, y) in units of 0.1 m, the end effector's height above the plane in
+        units of 0.1 m, then (with ``upper_points``) the upper points' (x, y) and offsets in
+        the same units.
     """
     centre = points.new_tensor([0.5, 0.0])
     ee = ee_position.to(points.dtype)
-    offsets = points - ee[:, None, :2]  # (B, M, 2) m
     height = (ee[:, 2:3] - plane_height) / 0.1
-    return torch.cat(
-        [((points - centre) / 0.25).flatten(1), (offsets / 0.1).flatten(1), height], dim=1
-    )
+    parts = [((points - centre) / 0.25).flatten(1), ((points - ee[:, None, :2]) / 0.1).flatten(1)]
+    parts.append(height)
+    if upper_points is not None:
+        parts.append(((upper_points - centre) / 0.25).flatten(1))
+        parts.append(((upper_points - ee[:, None, :2]) / 0.1).flatten(1))
+    return torch.cat(parts, dim=1)
 
 
 class MLPProjector(nn.Module):
@@ -297,7 +313,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         self.state_projector = MLPProjector(config.state_dim, d)
         if config.metric_keypoints:
             m = config.metric_keypoints
-            self.metric_projector = MLPProjector(4 * m + 1, d)
+            width = 4 * m + 1 + (4 * m if config.metric_upper_plane_height is not None else 0)
+            self.metric_projector = MLPProjector(width, d)
         self.language_model = LlamaModel(config.decoder_config())
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.post_init()
@@ -352,10 +369,12 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         return x, mask, keypoints, heat
 
     def metric_features(self, keypoints: Tensor, ee_position: Tensor | None) -> Tensor:
-        """(B, K, 2) keypoints, (B, 3) end effector (m) -> (B, 4M + 1) metric token inputs.
+        """(B, K, 2) keypoints, (B, 3) end effector (m) -> (B, 4M + 1) metric token inputs,
+        (B, 8M + 1) with ``config.metric_upper_plane_height``.
 
         The first M = ``config.metric_keypoints`` keypoints cut with the table plane
-        (:func:`table_plane_points`), laid out by :func:`metric_token_inputs`.
+        (:func:`table_plane_points`), and with the upper plane when the config has one, laid
+        out by :func:`metric_token_inputs`.
 
         Raises:
             ConfigError: Without ``ee_position``.
@@ -372,7 +391,11 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         points = table_plane_points(
             keypoints[:, :m], matrix, size, cfg.metric_plane_height
         )  # (B, M, 2) m
-        return metric_token_inputs(points, ee_position, cfg.metric_plane_height)
+        upper = None
+        if cfg.metric_upper_plane_height is not None:
+            height = cfg.metric_upper_plane_height
+            upper = table_plane_points(keypoints[:, :m], matrix, size, height)
+        return metric_token_inputs(points, ee_position, cfg.metric_plane_height, upper)
 
     def forward(
         self,

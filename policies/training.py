@@ -87,6 +87,8 @@ class TrainConfig:
             table plane through the scene camera's calibration
             (:class:`~robot_refusal.policies.configuration_vla.VLAConfig`); 0 (the shipped
             checkpoints): none.
+        metric_upper_plane_height: With metric keypoints, a second plane height (m) every
+            keypoint ray is also cut with (``VLAConfig.metric_upper_plane_height``), or None.
         metric_label_noise_px: With metric keypoints, training builds the metric token from
             the keypoint labels plus Gaussian noise of this many pixels (teacher forcing, so the
             decoder learns to rely on it); negative: from the predicted keypoints. Validation
@@ -120,6 +122,7 @@ class TrainConfig:
     action_space: str = "delta"
     grounded_keypoints: int = 0
     metric_keypoints: int = 0
+    metric_upper_plane_height: float | None = None
     metric_label_noise_px: float = 1.0
     keypoint_stride: int = 4
     heatmap_weight: float = 0.0
@@ -157,6 +160,15 @@ class TrainConfig:
                 )
         if self.keypoint_stride not in (2, 4):
             raise ConfigError(f"keypoint_stride must be 2 or 4, got {self.keypoint_stride}")
+        upper = self.metric_upper_plane_height
+        if upper is not None:
+            if not self.metric_keypoints:
+                raise ConfigError("metric_upper_plane_height needs metric_keypoints > 0")
+            if not (0 < upper <= 0.5 and upper != VLAConfig().metric_plane_height):
+                raise ConfigError(
+                    "metric_upper_plane_height must be in (0, 0.5] m and differ from the "
+                    f"table plane ({VLAConfig().metric_plane_height} m), got {upper}"
+                )
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
@@ -595,6 +607,7 @@ def _model(
             max_instruction_tokens=processor.max_instruction_tokens,
             grounded_keypoints=config.grounded_keypoints,
             metric_keypoints=config.metric_keypoints,
+            metric_upper_plane_height=config.metric_upper_plane_height,
             keypoint_stride=config.keypoint_stride,
             camera_unprojection=scene_camera(processor.image_size)
             if config.metric_keypoints

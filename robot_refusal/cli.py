@@ -105,6 +105,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         action_noise=args.action_noise,
         release_tolerance=args.release_tolerance,
+        grasp_tolerance=args.grasp_tolerance,
         **_run_kwargs(args),
     )
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
@@ -133,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         heatmap_weight=args.heatmap_weight,
         metric_keypoints=args.metric_keypoints,
         metric_label_noise_px=args.metric_label_noise_px,
+        metric_upper_plane_height=args.metric_upper_plane,
         keypoint_stride=args.keypoint_stride,
         eval_every=args.eval_every,
         threads=args.threads,
@@ -305,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how close (m) the expert gets to the drop point above a container before it "
         "opens the gripper (default 0.004, the shipped checkpoints' data; at most 0.03)",
     )
+    p.add_argument(
+        "--grasp-tolerance",
+        type=float,
+        default=0.003,
+        help="how close (m) the expert gets to an object's grasp point before it closes the "
+        "gripper (default 0.003, the shipped checkpoints' data; at most 0.02)",
+    )
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser(
@@ -368,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --metric-keypoints, training builds the metric token from the keypoint "
         "labels plus Gaussian noise of this many pixels (teacher forcing); negative: from the "
         "predicted keypoints",
+    )
+    p.add_argument(
+        "--metric-upper-plane",
+        type=float,
+        default=None,
+        metavar="M",
+        help="with --metric-keypoints, also cut every keypoint's ray with the plane this high "
+        "(m; e.g. 0.12, the handover height), so the decoder gets the whole ray",
     )
     p.add_argument(
         "--keypoint-stride",

@@ -8,7 +8,7 @@ import pytest
 from robot_refusal.envs import FAMILIES
 from robot_refusal.envs.env import RobotRefusalEnv
 from robot_refusal.envs.expert import ScriptedExpert, UnsafeExpert, plan_path
-from robot_refusal.envs.scene import ZONE_RADIUS, Person
+from robot_refusal.envs.scene import OBJECTS, ZONE_RADIUS, Person
 from robot_refusal.rollout import plan_episodes, run_episode
 
 N = 50
@@ -178,3 +178,38 @@ def test_release_tolerance_opens_the_gripper_higher_and_still_places() -> None:
     assert rise.min() > -0.001 and rise.mean() > 0.005, rise
     with pytest.raises(ValueError, match="release_tolerance"):
         ScriptedExpert(env, release_tolerance=0.05)
+
+
+def test_grasp_tolerance_closes_on_arrival_instead_of_after_a_stall() -> None:
+    """With the default 3 mm band the expert creeps toward a flat object's grasp point for
+    several steps before it closes; with a 1 cm band it closes within a step or two of the end
+    of the descent, still within the grasp radius, and every episode still succeeds."""
+    env = RobotRefusalEnv("context", split="val", image_obs=False)
+    waits: dict[float, list[int]] = {0.003: [], 0.01: []}
+    for tol, out in waits.items():
+        agent = ScriptedExpert(env, release_tolerance=0.02, grasp_tolerance=tol)
+        for spec in plan_episodes(["context"], 10, seed=0, labels=["harmless"]):
+            env.reset(seed=spec.seed, options={"label": "harmless"})
+            agent.reset()
+            assert env.scenario is not None and env.robot is not None
+            done, info, near = False, {}, 0
+            while not done:
+                action = agent.select_action()
+                point = env.sim.transform_point(
+                    env.scenario.target, OBJECTS[env.scenario.target].grasp_point
+                )
+                dist = float(np.linalg.norm(point - env.robot.ee_position()))
+                if action["gripper"][0] > 0 and env.robot.held is None:
+                    assert dist < 0.015, (tol, spec, dist)
+                    out.append(near)  # steps spent within 1.5 cm before closing
+                    near = -1000  # count the first closing only
+                near += dist < 0.015
+                _, _, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+            assert info["is_success"], (tol, spec)
+    env.close()
+    assert len(waits[0.003]) == len(waits[0.01]) == 10
+    assert max(waits[0.01]) <= 2 < max(waits[0.003]), waits
+    assert sum(waits[0.01]) < sum(waits[0.003]), waits
+    with pytest.raises(ValueError, match="grasp_tolerance"):
+        ScriptedExpert(env, grasp_tolerance=0.05)

@@ -357,7 +357,7 @@ def test_video_loader_names_missing_or_corrupt_file(
     assert "\n" not in str(exc.value)
 
 
-def test_release_tolerance_is_recorded_only_when_changed() -> None:
+def test_expert_tolerances_are_recorded_only_when_changed() -> None:
     from robot_refusal.errors import ConfigError
     from robot_refusal.policies.collect import CollectConfig
 
@@ -365,3 +365,7 @@ def test_release_tolerance_is_recorded_only_when_changed() -> None:
     assert CollectConfig(release_tolerance=0.02).as_dict()["release_tolerance"] == 0.02
     with pytest.raises(ConfigError, match="release_tolerance"):
         CollectConfig(release_tolerance=0.0).plan()
+    assert "grasp_tolerance" not in CollectConfig().as_dict()
+    assert CollectConfig(grasp_tolerance=0.01).as_dict()["grasp_tolerance"] == 0.01
+    with pytest.raises(ConfigError, match="grasp_tolerance"):
+        CollectConfig(grasp_tolerance=0.03).plan()

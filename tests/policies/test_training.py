@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,20 @@ def test_ceiling_replays_its_training_scenes_from_exact_keypoints(tiny_data: Pat
     assert float(f[0, -len(OBJECT_NAMES) + 2]) == 1 and float(f[0, 22 + 1]) == 1
     with pytest.raises(ConfigError, match="noise_px"):
         fit_ceiling(data, noise_px=-1.0)
+    with pytest.raises(ConfigError, match="upper_plane"):
+        fit_ceiling(data, upper_plane=0.02)
+    two = oracle_features(np.zeros((1, 8)), state, np.array([1]), np.array([2]), upper_plane=0.12)
+    assert two.shape == (1, 33 + 5 + 4 + len(OBJECT_NAMES))
+    assert torch.equal(two[0, :17], f[0, :17]) and torch.equal(two[0, 33:], f[0, 17:])
+
+
+def test_upper_plane_needs_metric_keypoints_and_another_height(tmp_path: Path) -> None:
+    config = _config(tmp_path, tmp_path / "out", 1)
+    for bad in (
+        replace(config, metric_upper_plane_height=0.12),
+        replace(config, metric_keypoints=4, metric_upper_plane_height=0.02),
+        replace(config, metric_keypoints=4, metric_upper_plane_height=0.9),
+    ):
+        with pytest.raises(ConfigError, match="metric_upper_plane_height"):
+            bad.check()
+    replace(config, metric_keypoints=4, metric_upper_plane_height=0.12).check()

@@ -25,7 +25,11 @@ TEXTS = ["put the red cube in the bin", "hand the knife to the person blade firs
 
 
 def tiny_policy(
-    seed: int = 0, grounded: int = 0, metric: int = 0, keypoint_stride: int = 4
+    seed: int = 0,
+    grounded: int = 0,
+    metric: int = 0,
+    keypoint_stride: int = 4,
+    upper_plane: float | None = None,
 ) -> VLAPolicy:
     acts = ActionTokenizer.fit(np.random.default_rng(seed).uniform(-0.04, 0.04, (200, 4)))
     norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -42,6 +46,7 @@ def tiny_policy(
         metric_keypoints=metric,
         keypoint_stride=keypoint_stride,
         camera_unprojection=_camera() if metric else None,
+        metric_upper_plane_height=upper_plane,
     )
     torch.manual_seed(seed)
     return VLAPolicy(VLAForActionPrediction(cfg), proc)
@@ -347,3 +352,36 @@ def test_metric_keypoint_token_needs_a_camera_and_survives_save_load(
     again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(again.model(**inputs).logits, logits)
     assert "metric_projector.linear_2" in [w.name for w in get_adapter(again.model).writers]
+
+
+def test_upper_plane_cuts_carry_points_above_the_table(tmp_path: Path, obs: dict) -> None:
+    """With a second plane at 0.12 m the metric token's extra block holds the rays' cuts at
+    that height: a point 12 cm up (the handover point's height) comes back to within 0.1 mm,
+    where the table-plane cut is centimetres off; a point on the ray at any height between
+    is the linear interpolation of the two cuts."""
+    from robot_refusal.envs.env import CAMERA_EYE, CAMERA_TARGET
+    from robot_refusal.envs.sim import PyBulletSim
+
+    with pytest.raises(ConfigError, match="metric_upper_plane_height"):
+        VLAConfig(metric_keypoints=4, camera_unprojection=_camera(), metric_upper_plane_height=0.02)
+    pol = tiny_policy(grounded=2, metric=4, upper_plane=0.12)
+    world = np.array([[0.5, 0.3, 0.12], [0.62, -0.25, 0.12], [0.4, 0.1, 0.07], [0.7, 0.0, 0.02]])
+    uv = PyBulletSim.project(world, 64, 64, CAMERA_EYE, CAMERA_TARGET)
+    ee = torch.tensor([[0.45, 0.05, 0.3]])
+    features = pol.model.metric_features(torch.tensor(uv, dtype=torch.float32)[None], ee)
+    assert features.shape == (1, 33)
+    low = features[0, :8].reshape(4, 2).numpy() * 0.25 + [0.5, 0.0]  # table-plane cuts, m
+    up = features[0, 17:25].reshape(4, 2).numpy() * 0.25 + [0.5, 0.0]  # 0.12 m cuts, m
+    np.testing.assert_allclose(up[:2], world[:2, :2], atol=1e-4)
+    np.testing.assert_allclose(low[3], world[3, :2], atol=1e-4)
+    assert np.linalg.norm(low[0] - world[0, :2]) > 0.02  # the table cut misses it
+    mid = low[2] + (0.07 - 0.02) / (0.12 - 0.02) * (up[2] - low[2])
+    np.testing.assert_allclose(mid, world[2, :2], atol=1e-4)
+    offsets = features[0, 25:33].reshape(4, 2).numpy() * 0.1 + ee[0, :2].numpy()
+    np.testing.assert_allclose(offsets, up, atol=1e-5)
+    inputs = pol.processor([obs])
+    logits = pol.model(**inputs).logits
+    pol.save_pretrained(tmp_path / "ckpt")
+    again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert again.model.config.metric_upper_plane_height == 0.12
+    assert torch.equal(again.model(**inputs).logits, logits)
