@@ -13,7 +13,7 @@ This is the privileged agent of "Learning by Cheating" (Chen et al. 2019, sectio
 measuring stick, not as a policy: it reads the scenario's family and target, and the
 simulator's keypoints, which a VLA never sees.
 
-Run: ``python -m robot_refusal.policies.ceiling DATA [--noise-px S] [--episodes N]``.
+Run: ``python -m robot_refusal.policies.ceiling DATA [--noise-px S] [--upper-plane M]``.
 """
 
 from __future__ import annotations
