@@ -47,6 +47,8 @@ HAZARD_MARGIN = 0.04  # m added to the hazard distance when carrying a hazardous
 SLOW_BAND = NEAR_DISTANCE + 0.03  # m: slow down when this close to the person's arm
 RELEASE_TOLERANCE = 0.004  # m: how close to the drop point the gripper gets before it opens
 GRASP_TOLERANCE = 0.003  # m: how close to the grasp point the gripper gets before it closes
+MAX_RELEASE_TOLERANCE = 0.03  # m: a wider band drops objects from too high
+MAX_GRASP_TOLERANCE = 0.02  # m: inside the robot's 2.5 cm grasp radius
 
 
 def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
@@ -153,10 +155,15 @@ class ScriptedExpert:
         base = env.unwrapped
         if not isinstance(base, RobotRefusalEnv):
             raise TypeError(f"the scripted expert needs a RobotRefusalEnv, got {type(base)}")
-        if not 0 < release_tolerance <= 0.03:
-            raise ValueError(f"release_tolerance must be in (0, 0.03] m, got {release_tolerance}")
-        if not 0 < grasp_tolerance <= 0.02:
-            raise ValueError(f"grasp_tolerance must be in (0, 0.02] m, got {grasp_tolerance}")
+        if not 0 < release_tolerance <= MAX_RELEASE_TOLERANCE:
+            raise ValueError(
+                f"release_tolerance must be in (0, {MAX_RELEASE_TOLERANCE}] m, "
+                f"got {release_tolerance}"
+            )
+        if not 0 < grasp_tolerance <= MAX_GRASP_TOLERANCE:
+            raise ValueError(
+                f"grasp_tolerance must be in (0, {MAX_GRASP_TOLERANCE}] m, got {grasp_tolerance}"
+            )
         self.release_tolerance = float(release_tolerance)
         self.grasp_tolerance = float(grasp_tolerance)
         self.env = base

@@ -32,6 +32,10 @@ from robot_refusal.envs import FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.env import MAX_DELTA
 from robot_refusal.envs.scene import OBJECTS
 from robot_refusal.errors import ConfigError, RobotRefusalError
+from robot_refusal.policies.configuration_vla import (
+    METRIC_PLANE_HEIGHT,
+    check_upper_plane_height,
+)
 from robot_refusal.policies.dataset import DemoDataset, load_dataset
 from robot_refusal.policies.lerobot_format import IMAGE_KEY
 from robot_refusal.policies.modeling_vla import metric_token_inputs, table_plane_points
@@ -39,7 +43,7 @@ from robot_refusal.policies.training import scene_camera
 
 OBJECT_NAMES = tuple(sorted(OBJECTS))
 STEP = 0.04  # m per step: the displacement scale of the regression targets
-PLANE = 0.02  # m: the metric token's plane height (VLAConfig.metric_plane_height)
+PLANE = METRIC_PLANE_HEIGHT  # m: the metric token's plane height (VLAConfig's default)
 
 
 def oracle_features(
@@ -139,8 +143,8 @@ def fit_ceiling(
     """
     if steps < 1 or not noise_px >= 0:
         raise ConfigError(f"steps must be >= 1 and noise_px >= 0, got {steps}, {noise_px}")
-    if upper_plane is not None and not (0 < upper_plane <= 0.5 and upper_plane != PLANE):
-        raise ConfigError(f"upper_plane must be in (0, 0.5] m and not {PLANE}, got {upper_plane}")
+    if upper_plane is not None:
+        check_upper_plane_height(upper_plane, "upper_plane")
     if "annotation.keypoints_uv" not in data.frames.schema.names:
         raise ConfigError(f"{data.root} has no keypoint labels; collect it again")
     keep = data.array("label") == "harmless"

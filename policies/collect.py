@@ -39,7 +39,13 @@ from tqdm.auto import tqdm
 from robot_refusal.agents import Agent
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import validate_action
-from robot_refusal.envs.expert import GRASP_TOLERANCE, RELEASE_TOLERANCE, PerturbedExpert
+from robot_refusal.envs.expert import (
+    GRASP_TOLERANCE,
+    MAX_GRASP_TOLERANCE,
+    MAX_RELEASE_TOLERANCE,
+    RELEASE_TOLERANCE,
+    PerturbedExpert,
+)
 from robot_refusal.envs.scenarios import SPLITS
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
@@ -124,12 +130,12 @@ class CollectConfig:
             raise DatasetError(f"no families to collect; choose from {', '.join(FAMILIES)}")
         if self.image_size < 1:
             raise ConfigError(f"image_size must be >= 1 pixel, got {self.image_size}")
-        if not 0 < self.release_tolerance <= 0.03:
-            raise ConfigError(
-                f"release_tolerance must be in (0, 0.03] m, got {self.release_tolerance}"
-            )
-        if not 0 < self.grasp_tolerance <= 0.02:
-            raise ConfigError(f"grasp_tolerance must be in (0, 0.02] m, got {self.grasp_tolerance}")
+        for name, value, high in (
+            ("release_tolerance", self.release_tolerance, MAX_RELEASE_TOLERANCE),
+            ("grasp_tolerance", self.grasp_tolerance, MAX_GRASP_TOLERANCE),
+        ):
+            if not 0 < value <= high:
+                raise ConfigError(f"{name} must be in (0, {high}] m, got {value}")
         return plan_episodes(self.families, self.episodes, self.seed)
 
     def as_dict(self) -> dict[str, Any]:

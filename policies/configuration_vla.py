@@ -12,6 +12,21 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[ACT]", "<refuse>")
 """Special tokens at ids 0..4: padding, unknown word, separator, action prompt, refusal."""
 PAD_ID, UNK_ID, SEP_ID, ACT_ID, REFUSE_ID = range(5)
 ACTION_TOKEN_OFFSET = len(SPECIAL_TOKENS)
+METRIC_PLANE_HEIGHT = 0.02  # m: the default table plane of the metric keypoint token
+MAX_UPPER_PLANE_HEIGHT = 0.5  # m: well below the scene camera
+
+
+def check_upper_plane_height(height: float, name: str = "metric_upper_plane_height") -> None:
+    """Raise :class:`ConfigError` unless ``height`` (m) is a usable second cut of the metric
+    token's rays: in (0, 0.5] m and not the default table plane (``METRIC_PLANE_HEIGHT``).
+    ``name`` is the setting the message names."""
+    if not (0 < height <= MAX_UPPER_PLANE_HEIGHT and height != METRIC_PLANE_HEIGHT):
+        raise ConfigError(
+            f"{name} must be in (0, {MAX_UPPER_PLANE_HEIGHT}] m and differ from the table "
+            f"plane ({METRIC_PLANE_HEIGHT} m), got {height}"
+        )
+
+
 """Id of action bin 0; bins occupy ``ACTION_TOKEN_OFFSET .. ACTION_TOKEN_OFFSET + n_bins - 1``."""
 
 
@@ -100,7 +115,7 @@ class VLAConfig(PretrainedConfig):
         metric_keypoints: int = 0,
         keypoint_stride: int = 4,
         camera_unprojection: list[float] | None = None,
-        metric_plane_height: float = 0.02,
+        metric_plane_height: float = METRIC_PLANE_HEIGHT,
         metric_upper_plane_height: float | None = None,
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,

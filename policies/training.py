@@ -28,7 +28,12 @@ from transformers import get_cosine_schedule_with_warmup
 
 from robot_refusal.errors import ConfigError, DatasetError, RunFolderError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer
-from robot_refusal.policies.configuration_vla import ACTION_TOKEN_OFFSET, REFUSE_ID, VLAConfig
+from robot_refusal.policies.configuration_vla import (
+    ACTION_TOKEN_OFFSET,
+    REFUSE_ID,
+    VLAConfig,
+    check_upper_plane_height,
+)
 from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
 from robot_refusal.policies.lerobot_format import (
     IMAGE_KEY,
@@ -160,15 +165,10 @@ class TrainConfig:
                 )
         if self.keypoint_stride not in (2, 4):
             raise ConfigError(f"keypoint_stride must be 2 or 4, got {self.keypoint_stride}")
-        upper = self.metric_upper_plane_height
-        if upper is not None:
+        if self.metric_upper_plane_height is not None:
             if not self.metric_keypoints:
                 raise ConfigError("metric_upper_plane_height needs metric_keypoints > 0")
-            if not (0 < upper <= 0.5 and upper != VLAConfig().metric_plane_height):
-                raise ConfigError(
-                    "metric_upper_plane_height must be in (0, 0.5] m and differ from the "
-                    f"table plane ({VLAConfig().metric_plane_height} m), got {upper}"
-                )
+            check_upper_plane_height(self.metric_upper_plane_height)
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
