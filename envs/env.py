@@ -74,6 +74,7 @@ MAX_DELTA = 0.05  # m per control step
 WORKSPACE_LOW = np.array([0.25, -0.45, 0.005])  # m, end-effector box
 WORKSPACE_HIGH = np.array([0.85, 0.45, 0.5])
 HOME = np.array([0.35, 0.0, 0.25])  # m, end-effector start
+MAX_KEYPOINT_PLANE = 0.5  # m: the highest footprint plane of the keypoint labels
 CAMERA_EYE = (0.45, -0.85, 0.85)
 CAMERA_TARGET = (0.62, 0.0, 0.0)
 INSTRUCTION_CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789 ,.'-!?"
@@ -112,10 +113,15 @@ class RobotRefusalEnv(gym.Env):
         image_obs: Include the camera image in the observation.
         render_mode: ``None``, ``"rgb_array"`` or ``"human"`` (PyBullet GUI).
         render_size: (height, width) of :meth:`render` frames.
+        keypoint_plane: None: :meth:`keypoints_uv` labels the task points themselves; a
+            height (m): the target, destination and hand keypoints are their footprints, the
+            points straight below (or above) them at this height, so that a ray through the
+            label cut with this plane is the point's exact x, y whatever its height.
 
     Raises:
         UnknownNameError: For an unknown family, split, label or render mode.
-        ConfigError: For an image or render size that is not two positive integers.
+        ConfigError: For an image or render size that is not two positive integers, or a
+            ``keypoint_plane`` outside [0, 0.5] m.
         SimulatorError: For ``render_mode="human"`` without a display.
 
     ``reset(options=...)`` accepts ``label``, ``task`` (task id) and ``instruction`` (an exact
@@ -136,6 +142,7 @@ class RobotRefusalEnv(gym.Env):
         image_obs: bool = True,
         render_mode: str | None = None,
         render_size: tuple[int, int] = (256, 256),
+        keypoint_plane: float | None = None,
     ) -> None:
         if family not in FAMILIES:
             raise UnknownNameError("family", family, FAMILIES)
@@ -149,6 +156,12 @@ class RobotRefusalEnv(gym.Env):
         self.suite: Suite = load_suite(family)
         self.image_size, self.image_obs = _size("image_size", image_size), bool(image_obs)
         self.render_mode, self.render_size = render_mode, _size("render_size", render_size)
+        if keypoint_plane is not None and not 0 <= keypoint_plane <= MAX_KEYPOINT_PLANE:
+            raise ConfigError(
+                f"keypoint_plane must be None or in [0, {MAX_KEYPOINT_PLANE}] m, "
+                f"got {keypoint_plane}"
+            )
+        self.keypoint_plane = keypoint_plane
         spaces: dict[str, gym.Space] = {
             "state": gym.spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32),
             "instruction": gym.spaces.Text(
@@ -362,10 +375,11 @@ class RobotRefusalEnv(gym.Env):
 
         Rows: the target object's grasp point (its current pose), the destination (centre of
         the named container on its floor, or the person's handover point), the person's hand
-        and the gripper's grasp centre. Coordinates as :meth:`PyBulletSim.project` for the
-        observation camera: x right, y down, -1 and +1 at the centres of the edge pixels.
-        Read from the simulator: only training labels and evaluation use them, never the
-        policy.
+        and the gripper's grasp centre; with ``keypoint_plane`` set, the first three are the
+        points' footprints at that height (the gripper's row is its own point). Coordinates
+        as :meth:`PyBulletSim.project` for the observation camera: x right, y down, -1 and +1
+        at the centres of the edge pixels. Read from the simulator: only training labels and
+        evaluation use them, never the policy.
         """
         sc = self.scenario
         assert sc is not None
@@ -378,6 +392,8 @@ class RobotRefusalEnv(gym.Env):
         hand = np.array([*sc.person.hand_xy, 0.03])
         assert self.robot is not None
         points = np.stack([target, dest, hand, self.robot.ee_position()])
+        if self.keypoint_plane is not None:
+            points[:3, 2] = self.keypoint_plane
         h, w = self.image_size
         uv = PyBulletSim.project(points, w, h, CAMERA_EYE, CAMERA_TARGET)
         return uv.astype(np.float32)

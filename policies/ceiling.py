@@ -92,11 +92,14 @@ def oracle_features(
 class Ceiling:
     """A fitted ceiling MLP: ``net`` maps :func:`oracle_features` to (dx, dy, dz) / STEP and a
     gripper logit; ``image_size`` is the dataset's image side (pixels); ``upper_plane`` the
-    second cut of the keypoint rays (m) or None."""
+    second cut of the keypoint rays (m) or None; ``keypoint_plane`` the dataset's keypoint
+    footprint height (m; ``DemoDataset.keypoint_plane``), which the closed loop's keypoints
+    use too."""
 
     net: nn.Module
     image_size: int
     upper_plane: float | None = None
+    keypoint_plane: float | None = None
 
     def action(self, env: RobotRefusalEnv, state: NDArray[np.floating]) -> dict[str, np.ndarray]:
         """The action dict (delta (3,) m, gripper (1,), refuse 0) for the env's current state
@@ -180,7 +183,7 @@ def fit_ceiling(
         loss.backward()
         opt.step()
         sched.step()
-    return Ceiling(net.eval(), size, upper_plane)
+    return Ceiling(net.eval(), size, upper_plane, data.keypoint_plane)
 
 
 def run_ceiling(
@@ -210,7 +213,11 @@ def run_ceiling(
             if family not in envs:
                 size = (ceiling.image_size, ceiling.image_size)  # of the keypoint labels
                 envs[family] = RobotRefusalEnv(
-                    family, split=split, image_size=size, image_obs=False
+                    family,
+                    split=split,
+                    image_size=size,
+                    image_obs=False,
+                    keypoint_plane=ceiling.keypoint_plane,
                 )
             env = envs[family]
             obs, info = env.reset(seed=seed, options={"label": "harmless"})

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from robot_refusal.agents import Agent
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
-from robot_refusal.envs.env import validate_action
+from robot_refusal.envs.env import MAX_KEYPOINT_PLANE, validate_action
 from robot_refusal.envs.expert import (
     GRASP_TOLERANCE,
     MAX_GRASP_TOLERANCE,
@@ -105,6 +105,10 @@ class CollectConfig:
             checkpoints' data and is left out of ``config.json``, so older folders resume.
         grasp_tolerance: The expert's grasp band around an object's grasp point (m), the
             same way.
+        keypoint_plane: None (the shipped checkpoints' data, left out of ``config.json``):
+            the keypoint labels are the task points; a height (m): the target, destination and
+            hand labels are their footprints at that height
+            (``RobotRefusalEnv(keypoint_plane=)``).
     """
 
     split: str = "train"
@@ -115,6 +119,7 @@ class CollectConfig:
     action_noise: float = 0.0
     release_tolerance: float = RELEASE_TOLERANCE
     grasp_tolerance: float = GRASP_TOLERANCE
+    keypoint_plane: float | None = None
 
     def plan(self) -> list[EpisodeSpec]:
         """The planned episodes.
@@ -122,7 +127,8 @@ class CollectConfig:
         Raises:
             UnknownNameError: For an unknown split or family.
             DatasetError: For an empty family list.
-            ConfigError: If ``episodes`` or ``image_size`` is < 1 or ``seed`` < 0.
+            ConfigError: If ``episodes`` or ``image_size`` is < 1 or ``seed`` < 0, a band is
+                outside its range, or ``keypoint_plane`` is outside [0, 0.5] m.
         """
         if self.split not in SPLITS:
             raise UnknownNameError("split", self.split, SPLITS)
@@ -136,6 +142,9 @@ class CollectConfig:
         ):
             if not 0 < value <= high:
                 raise ConfigError(f"{name} must be in (0, {high}] m, got {value}")
+        plane = self.keypoint_plane
+        if plane is not None and not 0 <= plane <= MAX_KEYPOINT_PLANE:
+            raise ConfigError(f"keypoint_plane must be in [0, {MAX_KEYPOINT_PLANE}] m, got {plane}")
         return plan_episodes(self.families, self.episodes, self.seed)
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,6 +154,8 @@ class CollectConfig:
             del settings["release_tolerance"]
         if self.grasp_tolerance == GRASP_TOLERANCE:
             del settings["grasp_tolerance"]
+        if self.keypoint_plane is None:
+            del settings["keypoint_plane"]
         return {
             "command": "collect",
             "policy": "expert",
@@ -293,7 +304,12 @@ def record_episodes(
     try:
         for spec in todo:
             if spec.family not in envs:
-                env = RobotRefusalEnv(spec.family, split=config.split, image_size=size)
+                env = RobotRefusalEnv(
+                    spec.family,
+                    split=config.split,
+                    image_size=size,
+                    keypoint_plane=config.keypoint_plane,
+                )
                 expert = ScriptedExpert(env, config.release_tolerance, config.grasp_tolerance)
                 agent: Agent = (
                     PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
@@ -421,6 +437,7 @@ def collect(
     action_noise: float = 0.0,
     release_tolerance: float = RELEASE_TOLERANCE,
     grasp_tolerance: float = GRASP_TOLERANCE,
+    keypoint_plane: float | None = None,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -437,6 +454,8 @@ def collect(
         action_noise: DART noise std on the executed displacement (m per step); 0 = none.
         release_tolerance: The expert's release band above a container, m.
         grasp_tolerance: The expert's grasp band around the grasp point, m.
+        keypoint_plane: Label the target, destination and hand keypoints by their footprints
+            at this height (m); None: by the points themselves.
         resume: Continue an interrupted collection in ``out`` (same settings required).
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
@@ -459,6 +478,7 @@ def collect(
         action_noise,
         release_tolerance,
         grasp_tolerance,
+        keypoint_plane,
     )
     plan = config.plan()
     owned = ("meta", "data", "videos", STAGING)

@@ -134,6 +134,22 @@ class DemoDataset:
             )
         return self.episodes.slice(episode_index, 1).to_pylist()[0]
 
+    @property
+    def keypoint_plane(self) -> float | None:
+        """The height (m) whose footprints the target, destination and hand keypoint labels
+        are (``collect --keypoint-plane``), from the folder's ``config.json``; None: the labels
+        are the points themselves (also for a folder without collect's ``config.json``).
+
+        Raises:
+            DatasetError: If ``config.json`` is corrupt.
+        """
+        path = self.root / "config.json"
+        if not path.is_file():
+            return None
+        config = read_json(path)
+        plane = config.get("keypoint_plane") if isinstance(config, dict) else None
+        return None if plane is None else float(plane)
+
     def video_frames(self, episode_index: int) -> NDArray[np.uint8]:
         """Decoded scene-camera frames of one episode, (length, H, W, 3) uint8.
 

@@ -106,6 +106,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         action_noise=args.action_noise,
         release_tolerance=args.release_tolerance,
         grasp_tolerance=args.grasp_tolerance,
+        keypoint_plane=args.keypoint_plane,
         **_run_kwargs(args),
     )
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
@@ -313,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.003,
         help="how close (m) the expert gets to an object's grasp point before it closes the "
         "gripper (default 0.003, the shipped checkpoints' data; at most 0.02)",
+    )
+    p.add_argument(
+        "--keypoint-plane",
+        type=float,
+        default=None,
+        metavar="M",
+        help="label the target, destination and hand keypoints by their footprints at this "
+        "height (m; 0.02 is the metric token's table plane, so a tall object's or the "
+        "handover point's label cuts to its true x, y); default: the points themselves",
     )
     p.set_defaults(func=cmd_collect)
 

@@ -15,7 +15,7 @@ from robot_refusal.envs.env import MAX_DELTA, RobotRefusalEnv, validate_action
 from robot_refusal.envs.expert import ScriptedExpert
 from robot_refusal.envs.scene import OBJECTS
 from robot_refusal.envs.task import COST_NAMES
-from robot_refusal.errors import InvalidActionError, UnknownNameError
+from robot_refusal.errors import ConfigError, InvalidActionError, UnknownNameError
 
 IDS = list(E.ENV_IDS.values())
 
@@ -190,6 +190,42 @@ def test_save_restore_branches_from_the_same_state() -> None:
         np.testing.assert_allclose(a["state"], b["state"], atol=1e-5)
         assert np.abs(a["image"].astype(int) - b["image"].astype(int)).mean() < 1.0
     env.close()
+
+
+def test_keypoint_footprints_cut_the_table_plane_at_the_true_point() -> None:
+    """With keypoint_plane, a ray through a tall object's label meets that plane right below
+    its grasp point (the default labels miss by many cm); the gripper's row is unchanged."""
+    import torch
+
+    from robot_refusal.policies.modeling_vla import table_plane_points
+    from robot_refusal.policies.training import scene_camera
+
+    def cut(uv: np.ndarray) -> np.ndarray:
+        camera = torch.tensor(scene_camera((64, 64)), dtype=torch.float64).reshape(4, 4)
+        return table_plane_points(torch.as_tensor(uv[None], dtype=torch.float64), camera,
+                                  (64, 64), 0.02)[0].numpy()  # fmt: skip
+
+    foot = RobotRefusalEnv("handover", split="train", keypoint_plane=0.02)
+    plain = RobotRefusalEnv("handover", split="train")
+    try:
+        opts = {"label": "harmless", "instruction": "offer the water bottle to the person"}
+        _, info = foot.reset(seed=5, options=opts)
+        _, plain_info = plain.reset(seed=5, options=opts)
+        sc = foot.scenario
+        assert sc is not None and sc.target == "bottle"
+        grasp = foot.sim.transform_point("bottle", OBJECTS["bottle"].grasp_point)  # 15 cm up
+        handover = sc.person.handover_point()  # 12 cm up
+        points = cut(info["keypoints_uv"])
+        assert np.linalg.norm(points[0] - grasp[:2]) < 2e-3
+        assert np.linalg.norm(points[1] - handover[:2]) < 2e-3
+        assert np.linalg.norm(cut(plain_info["keypoints_uv"])[0] - grasp[:2]) > 0.05
+        np.testing.assert_array_equal(info["keypoints_uv"][3], plain_info["keypoints_uv"][3])
+    finally:
+        foot.close()
+        plain.close()
+    for bad in (-0.1, 0.8, float("nan")):
+        with pytest.raises(ConfigError, match="keypoint_plane"):
+            RobotRefusalEnv("handover", keypoint_plane=bad)
 
 
 def test_gym_make_in_a_fresh_interpreter() -> None:

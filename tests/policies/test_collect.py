@@ -357,6 +357,25 @@ def test_video_loader_names_missing_or_corrupt_file(
     assert "\n" not in str(exc.value)
 
 
+def test_keypoint_plane_labels_footprints_and_is_recorded(ds: DemoDataset, tmp_path: Path) -> None:
+    """``--keypoint-plane`` changes the handover point's label (12 cm up) and not the gripper's,
+    and the folder says which labels it holds."""
+    out = tmp_path / "foot"
+    assert main([*cli_args(out), "--families", "handover", "--keypoint-plane", "0.02"]) == 0
+    foot = load_dataset(out)
+    assert foot.keypoint_plane == 0.02 and ds.keypoint_plane is None
+
+    def first_harmless(d: DemoDataset) -> np.ndarray:
+        rows = [e for e in d.episodes.to_pylist() if e["family"] == "handover"]
+        ep = next(e["episode_index"] for e in rows if e["label"] == "harmless")
+        i = int(np.flatnonzero(d.array("episode_index") == ep)[0])
+        return d.array("annotation.keypoints_uv")[i].reshape(4, 2)
+
+    a, b = first_harmless(ds), first_harmless(foot)
+    np.testing.assert_array_equal(a[3], b[3])
+    assert np.linalg.norm(a[1] - b[1]) * 63 / 2 > 2.0  # pixels
+
+
 def test_expert_tolerances_are_recorded_only_when_changed() -> None:
     from robot_refusal.errors import ConfigError
     from robot_refusal.policies.collect import CollectConfig
@@ -369,3 +388,7 @@ def test_expert_tolerances_are_recorded_only_when_changed() -> None:
     assert CollectConfig(grasp_tolerance=0.01).as_dict()["grasp_tolerance"] == 0.01
     with pytest.raises(ConfigError, match="grasp_tolerance"):
         CollectConfig(grasp_tolerance=0.03).plan()
+    assert "keypoint_plane" not in CollectConfig().as_dict()
+    assert CollectConfig(keypoint_plane=0.02).as_dict()["keypoint_plane"] == 0.02
+    with pytest.raises(ConfigError, match="keypoint_plane"):
+        CollectConfig(keypoint_plane=-0.01).plan()
