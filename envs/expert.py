@@ -49,6 +49,7 @@ RELEASE_TOLERANCE = 0.004  # m: how close to the drop point the gripper gets bef
 GRASP_TOLERANCE = 0.003  # m: how close to the grasp point the gripper gets before it closes
 MAX_RELEASE_TOLERANCE = 0.03  # m: a wider band drops objects from too high
 MAX_GRASP_TOLERANCE = 0.02  # m: inside the robot's 2.5 cm grasp radius
+MAX_SLOW_BAND = 0.4  # m: wider than this, the whole handover approach would be slow
 
 
 def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
@@ -137,11 +138,16 @@ class ScriptedExpert:
             grasp point on the table and the expert closes only once it has made no progress
             for 4 steps, a decision a policy without memory cannot copy. A band of 1 cm
             (inside the 2.5 cm grasp radius) closes on arrival instead.
+        slow_band: Distance (m) from the person's arm within which the expert moves at 0.15
+            m/s. The default, 3 cm outside the 0.22 m band where the 0.25 m/s speed limit
+            applies, made the shipped checkpoints' data; a wider band (e.g. 0.3) shows a learner
+            that judges the distance to the arm a few centimetres wrong a slow approach before
+            the limit starts, not at it.
 
     Raises:
         TypeError: ``env`` is not a RobotRefusalEnv.
-        ValueError: ``release_tolerance`` outside (0, 0.03] m or ``grasp_tolerance`` outside
-            (0, 0.02] m.
+        ValueError: ``release_tolerance`` outside (0, 0.03] m, ``grasp_tolerance`` outside
+            (0, 0.02] m or ``slow_band`` outside [0.22, 0.4] m.
     """
 
     unsafe = False
@@ -151,6 +157,7 @@ class ScriptedExpert:
         env: gym.Env,
         release_tolerance: float = RELEASE_TOLERANCE,
         grasp_tolerance: float = GRASP_TOLERANCE,
+        slow_band: float = SLOW_BAND,
     ) -> None:
         base = env.unwrapped
         if not isinstance(base, RobotRefusalEnv):
@@ -164,8 +171,14 @@ class ScriptedExpert:
             raise ValueError(
                 f"grasp_tolerance must be in (0, {MAX_GRASP_TOLERANCE}] m, got {grasp_tolerance}"
             )
+        if not NEAR_DISTANCE <= slow_band <= MAX_SLOW_BAND:
+            raise ValueError(
+                f"slow_band must be in [{NEAR_DISTANCE}, {MAX_SLOW_BAND}] m (the speed limit's "
+                f"band and wider), got {slow_band}"
+            )
         self.release_tolerance = float(release_tolerance)
         self.grasp_tolerance = float(grasp_tolerance)
+        self.slow_band = float(slow_band)
         self.env = base
         self.cautious = False
         self.subgoal = np.zeros(4)
@@ -273,7 +286,7 @@ class ScriptedExpert:
         pts = [point]
         if self.env.robot.held is not None:
             pts.append(point - self._held_offset())
-        return any(sc.person.zone_distance(p) < SLOW_BAND for p in pts)
+        return any(sc.person.zone_distance(p) < self.slow_band for p in pts)
 
     def _move(
         self,

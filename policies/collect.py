@@ -43,10 +43,13 @@ from robot_refusal.envs.expert import (
     GRASP_TOLERANCE,
     MAX_GRASP_TOLERANCE,
     MAX_RELEASE_TOLERANCE,
+    MAX_SLOW_BAND,
     RELEASE_TOLERANCE,
+    SLOW_BAND,
     PerturbedExpert,
 )
 from robot_refusal.envs.scenarios import SPLITS
+from robot_refusal.envs.scene import NEAR_DISTANCE
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
 from robot_refusal.policies.dataset import read_json, read_parquet
@@ -105,6 +108,7 @@ class CollectConfig:
             checkpoints' data and is left out of ``config.json``, so older folders resume.
         grasp_tolerance: The expert's grasp band around an object's grasp point (m), the
             same way.
+        slow_band: The expert's slow band around the person's arm (m), the same way.
         keypoint_plane: None (the shipped checkpoints' data, left out of ``config.json``):
             the keypoint labels are the task points; a height (m): the target, destination and
             hand labels are their footprints at that height
@@ -119,6 +123,7 @@ class CollectConfig:
     action_noise: float = 0.0
     release_tolerance: float = RELEASE_TOLERANCE
     grasp_tolerance: float = GRASP_TOLERANCE
+    slow_band: float = SLOW_BAND
     keypoint_plane: float | None = None
 
     def plan(self) -> list[EpisodeSpec]:
@@ -128,7 +133,8 @@ class CollectConfig:
             UnknownNameError: For an unknown split or family.
             DatasetError: For an empty family list.
             ConfigError: If ``episodes`` or ``image_size`` is < 1 or ``seed`` < 0, a band is
-                outside its range, or ``keypoint_plane`` is outside [0, 0.5] m.
+                outside its range (``slow_band``: [0.22, 0.4] m), or ``keypoint_plane`` is
+                outside [0, 0.5] m.
         """
         if self.split not in SPLITS:
             raise UnknownNameError("split", self.split, SPLITS)
@@ -142,6 +148,10 @@ class CollectConfig:
         ):
             if not 0 < value <= high:
                 raise ConfigError(f"{name} must be in (0, {high}] m, got {value}")
+        if not NEAR_DISTANCE <= self.slow_band <= MAX_SLOW_BAND:
+            raise ConfigError(
+                f"slow_band must be in [{NEAR_DISTANCE}, {MAX_SLOW_BAND}] m, got {self.slow_band}"
+            )
         plane = self.keypoint_plane
         if plane is not None and not 0 <= plane <= MAX_KEYPOINT_PLANE:
             raise ConfigError(f"keypoint_plane must be in [0, {MAX_KEYPOINT_PLANE}] m, got {plane}")
@@ -154,6 +164,8 @@ class CollectConfig:
             del settings["release_tolerance"]
         if self.grasp_tolerance == GRASP_TOLERANCE:
             del settings["grasp_tolerance"]
+        if self.slow_band == SLOW_BAND:
+            del settings["slow_band"]
         if self.keypoint_plane is None:
             del settings["keypoint_plane"]
         return {
@@ -310,7 +322,9 @@ def record_episodes(
                     image_size=size,
                     keypoint_plane=config.keypoint_plane,
                 )
-                expert = ScriptedExpert(env, config.release_tolerance, config.grasp_tolerance)
+                expert = ScriptedExpert(
+                    env, config.release_tolerance, config.grasp_tolerance, config.slow_band
+                )
                 agent: Agent = (
                     PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
                 )
@@ -437,6 +451,7 @@ def collect(
     action_noise: float = 0.0,
     release_tolerance: float = RELEASE_TOLERANCE,
     grasp_tolerance: float = GRASP_TOLERANCE,
+    slow_band: float = SLOW_BAND,
     keypoint_plane: float | None = None,
     resume: bool = False,
     force: bool = False,
@@ -454,6 +469,7 @@ def collect(
         action_noise: DART noise std on the executed displacement (m per step); 0 = none.
         release_tolerance: The expert's release band above a container, m.
         grasp_tolerance: The expert's grasp band around the grasp point, m.
+        slow_band: The expert's slow band around the person's arm, m.
         keypoint_plane: Label the target, destination and hand keypoints by their footprints
             at this height (m); None: by the points themselves.
         resume: Continue an interrupted collection in ``out`` (same settings required).
@@ -478,6 +494,7 @@ def collect(
         action_noise,
         release_tolerance,
         grasp_tolerance,
+        slow_band,
         keypoint_plane,
     )
     plan = config.plan()

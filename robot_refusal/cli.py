@@ -106,6 +106,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         action_noise=args.action_noise,
         release_tolerance=args.release_tolerance,
         grasp_tolerance=args.grasp_tolerance,
+        slow_band=args.slow_band,
         keypoint_plane=args.keypoint_plane,
         **_run_kwargs(args),
     )
@@ -314,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.003,
         help="how close (m) the expert gets to an object's grasp point before it closes the "
         "gripper (default 0.003, the shipped checkpoints' data; at most 0.02)",
+    )
+    p.add_argument(
+        "--slow-band",
+        type=float,
+        default=0.25,
+        metavar="M",
+        help="distance (m) from the person's arm within which the expert moves at 0.15 m/s "
+        "(default 0.25, the shipped checkpoints' data: 3 cm outside the speed limit's 0.22 m "
+        "band; at most 0.4)",
     )
     p.add_argument(
         "--keypoint-plane",

@@ -7,7 +7,7 @@ import pytest
 
 from robot_refusal.envs import FAMILIES
 from robot_refusal.envs.env import RobotRefusalEnv
-from robot_refusal.envs.expert import ScriptedExpert, UnsafeExpert, plan_path
+from robot_refusal.envs.expert import SLOW, ScriptedExpert, UnsafeExpert, plan_path
 from robot_refusal.envs.scene import OBJECTS, ZONE_RADIUS, Person
 from robot_refusal.rollout import plan_episodes, run_episode
 
@@ -213,3 +213,31 @@ def test_grasp_tolerance_closes_on_arrival_instead_of_after_a_stall() -> None:
     assert sum(waits[0.01]) < sum(waits[0.003]), waits
     with pytest.raises(ValueError, match="grasp_tolerance"):
         ScriptedExpert(env, grasp_tolerance=0.05)
+
+
+def test_wider_slow_band_slows_down_earlier_and_still_succeeds() -> None:
+    """With ``slow_band=0.3`` no step within 0.3 m of the arm is longer than the slow cap
+    (the default band moves fast there), every handover still succeeds and none has a cost."""
+    env = RobotRefusalEnv("handover", split="val", image_obs=False)
+    fast_near: dict[float, int] = {}
+    for band in (0.25, 0.3):
+        agent = ScriptedExpert(env, release_tolerance=0.02, grasp_tolerance=0.01, slow_band=band)
+        fast_near[band] = 0
+        for spec in plan_episodes(["handover"], 5, seed=0, labels=["harmless"]):
+            env.reset(seed=spec.seed, options={"label": "harmless"})
+            agent.reset()
+            assert env.scenario is not None and env.robot is not None
+            done, info = False, {}
+            while not done:
+                action = agent.select_action()
+                near = env.scenario.person.zone_distance(env.robot.ee_position()) < 0.3
+                fast_near[band] += bool(near and np.linalg.norm(action["delta"]) > SLOW + 1e-6)
+                _, _, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+                assert info["cost"] == 0, (band, spec)
+            assert info["is_success"], (band, spec)
+    env.close()
+    assert fast_near[0.3] == 0 < fast_near[0.25], fast_near
+    for bad in (0.2, 0.5):
+        with pytest.raises(ValueError, match="slow_band"):
+            ScriptedExpert(env, slow_band=bad)

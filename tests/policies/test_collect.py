@@ -388,6 +388,10 @@ def test_expert_tolerances_are_recorded_only_when_changed() -> None:
     assert CollectConfig(grasp_tolerance=0.01).as_dict()["grasp_tolerance"] == 0.01
     with pytest.raises(ConfigError, match="grasp_tolerance"):
         CollectConfig(grasp_tolerance=0.03).plan()
+    assert "slow_band" not in CollectConfig().as_dict()
+    assert CollectConfig(slow_band=0.3).as_dict()["slow_band"] == 0.3
+    with pytest.raises(ConfigError, match="slow_band"):
+        CollectConfig(slow_band=0.1).plan()
     assert "keypoint_plane" not in CollectConfig().as_dict()
     assert CollectConfig(keypoint_plane=0.02).as_dict()["keypoint_plane"] == 0.02
     with pytest.raises(ConfigError, match="keypoint_plane"):
