@@ -50,6 +50,7 @@ GRASP_TOLERANCE = 0.003  # m: how close to the grasp point the gripper gets befo
 MAX_RELEASE_TOLERANCE = 0.03  # m: a wider band drops objects from too high
 MAX_GRASP_TOLERANCE = 0.02  # m: inside the robot's 2.5 cm grasp radius
 MAX_SLOW_BAND = 0.4  # m: wider than this, the whole handover approach would be slow
+MISS_DISTANCE = (0.03, 0.05)  # m: how far a deliberately missed grasp lands from the grasp point
 
 
 def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
@@ -143,11 +144,24 @@ class ScriptedExpert:
             applies, made the shipped checkpoints' data; a wider band (e.g. 0.3) shows a learner
             that judges the distance to the arm a few centimetres wrong a slow approach before
             the limit starts, not at it.
+        miss_rate: Probability that a harmless episode's first grasp is missed on purpose:
+            the expert descends 3-5 cm beside the grasp point (a random direction), closes on
+            nothing, and recovers as after any failed grasp (lift, open, grasp again). The
+            frames of the deliberate miss have :attr:`imitate` False, so training skips them
+            and learns only the recovery, from the state a learned policy's premature grasp
+            leaves it in (gripper closed, nothing held). Drawn from the env's reset seed, so a
+            collection stays deterministic. 0 (the default): never.
+
+    Attributes:
+        imitate: False while the current action belongs to a deliberate miss (not a label).
+        cautious: True once the episode has slowed down near the person or detoured.
+        subgoal: (4,) where the last action headed and its step cap: x, y, z (m), speed
+            (m/step).
 
     Raises:
         TypeError: ``env`` is not a RobotRefusalEnv.
         ValueError: ``release_tolerance`` outside (0, 0.03] m, ``grasp_tolerance`` outside
-            (0, 0.02] m or ``slow_band`` outside [0.22, 0.4] m.
+            (0, 0.02] m, ``slow_band`` outside [0.22, 0.4] m or ``miss_rate`` outside [0, 1].
     """
 
     unsafe = False
@@ -158,6 +172,7 @@ class ScriptedExpert:
         release_tolerance: float = RELEASE_TOLERANCE,
         grasp_tolerance: float = GRASP_TOLERANCE,
         slow_band: float = SLOW_BAND,
+        miss_rate: float = 0.0,
     ) -> None:
         base = env.unwrapped
         if not isinstance(base, RobotRefusalEnv):
@@ -176,21 +191,33 @@ class ScriptedExpert:
                 f"slow_band must be in [{NEAR_DISTANCE}, {MAX_SLOW_BAND}] m (the speed limit's "
                 f"band and wider), got {slow_band}"
             )
+        if not 0 <= miss_rate <= 1:
+            raise ValueError(f"miss_rate must be in [0, 1], got {miss_rate}")
         self.release_tolerance = float(release_tolerance)
         self.grasp_tolerance = float(grasp_tolerance)
         self.slow_band = float(slow_band)
+        self.miss_rate = float(miss_rate)
         self.env = base
         self.cautious = False
+        self.imitate = True
         self.subgoal = np.zeros(4)
-        """(4,) where the last action headed and its step cap: x, y, z (m), speed (m/step)."""
+        self._miss: np.ndarray | None = None  # (2,) m: this episode's deliberate miss offset
         self._moved = False
         self._plan: Iterator[dict[str, Any]] | None = None
 
     def reset(self) -> None:
         """Plan for the env's current episode (call after ``env.reset``)."""
         self.cautious = False
+        self.imitate = True
         self.subgoal = np.zeros(4)
         self._moved = False
+        self._miss = None
+        if self.miss_rate > 0:
+            seed = self.env.np_random_seed
+            rng = np.random.default_rng([int(seed) if seed is not None else 0, 11])
+            angle, dist, draw = rng.uniform(0, 2 * np.pi), rng.uniform(*MISS_DISTANCE), rng.random()
+            if draw < self.miss_rate:
+                self._miss = dist * np.array([np.cos(angle), np.sin(angle)])
         self._plan = self._make_plan()
 
     def select_action(self, obs: Any = None) -> dict[str, Any]:
@@ -320,16 +347,22 @@ class ScriptedExpert:
             yield _action(np.zeros(3), grip)
 
     def _pick(self, name: str) -> Iterator[dict[str, Any]]:
-        """Grasp object ``name`` (up to 3 tries) and lift it to carrying height."""
-        for _ in range(3):
-            yield from self._pick_once(name)
+        """Grasp object ``name`` (up to 3 tries; the first one beside it when this episode has a
+        deliberate miss) and lift it to carrying height."""
+        for attempt in range(3):
+            yield from self._pick_once(name, self._miss if attempt == 0 else None)
             if self.env.robot is not None and self.env.robot.held == name:
                 return
             yield from self._hold(-1.0, 2)
 
-    def _pick_once(self, name: str) -> Iterator[dict[str, Any]]:
+    def _pick_once(self, name: str, miss: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+        """One grasp: approach from above, descend, close, lift. ``miss`` (2,) m: aim that far
+        beside the grasp point, with :attr:`imitate` False until the gripper has closed."""
         spec = OBJECTS[name]
         gp = self.env.sim.transform_point(name, spec.grasp_point)
+        if miss is not None:
+            gp = gp + np.array([miss[0], miss[1], 0.0])
+            self.imitate = False
         above = np.array([gp[0], gp[1], max(gp[2] + APPROACH_Z, 0.12)])
         yield from self._transfer(
             np.array([above[0], above[1], max(self._ee()[2], above[2])]), grip=-1.0
@@ -337,6 +370,7 @@ class ScriptedExpert:
         yield from self._move(above, -1.0)
         yield from self._move(gp, -1.0, speed=0.03, tol=self.grasp_tolerance)
         yield from self._hold(1.0, 3)
+        self.imitate = True
         yield from self._move(np.array([gp[0], gp[1], self._carry_z()]), 1.0)
 
     def _transfer(
@@ -442,6 +476,11 @@ class PerturbedExpert:
     def subgoal(self) -> np.ndarray:
         """The expert's subgoal (4,) of the last step (the label, like :attr:`label_action`)."""
         return self.expert.subgoal
+
+    @property
+    def imitate(self) -> bool:
+        """The expert's :attr:`ScriptedExpert.imitate` flag of the last step."""
+        return self.expert.imitate
 
     def reset(self) -> None:
         """Plan the episode and seed the noise from the env's reset seed."""

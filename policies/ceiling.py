@@ -151,6 +151,8 @@ def fit_ceiling(
     if "annotation.keypoints_uv" not in data.frames.schema.names:
         raise ConfigError(f"{data.root} has no keypoint labels; collect it again")
     keep = data.array("label") == "harmless"
+    if "imitate" in data.frames.schema.names:  # not the frames of a deliberate miss
+        keep &= data.array("imitate").astype(bool)
     if not keep.any():
         raise ConfigError(f"{data.root} has no harmless frames")
     rng = np.random.default_rng(seed)

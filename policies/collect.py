@@ -109,6 +109,9 @@ class CollectConfig:
         grasp_tolerance: The expert's grasp band around an object's grasp point (m), the
             same way.
         slow_band: The expert's slow band around the person's arm (m), the same way.
+        miss_rate: Share of harmless episodes whose first grasp the expert misses on purpose
+            and recovers from (``ScriptedExpert(miss_rate=)``; the miss's frames are recorded
+            with ``imitate`` False); 0, the default, is left out of ``config.json``.
         keypoint_plane: None (the shipped checkpoints' data, left out of ``config.json``):
             the keypoint labels are the task points; a height (m): the target, destination and
             hand labels are their footprints at that height
@@ -125,6 +128,7 @@ class CollectConfig:
     grasp_tolerance: float = GRASP_TOLERANCE
     slow_band: float = SLOW_BAND
     keypoint_plane: float | None = None
+    miss_rate: float = 0.0
 
     def plan(self) -> list[EpisodeSpec]:
         """The planned episodes.
@@ -133,8 +137,8 @@ class CollectConfig:
             UnknownNameError: For an unknown split or family.
             DatasetError: For an empty family list.
             ConfigError: If ``episodes`` or ``image_size`` is < 1 or ``seed`` < 0, a band is
-                outside its range (``slow_band``: [0.22, 0.4] m), or ``keypoint_plane`` is
-                outside [0, 0.5] m.
+                outside its range (``slow_band``: [0.22, 0.4] m), ``keypoint_plane`` is
+                outside [0, 0.5] m, or ``miss_rate`` is outside [0, 1].
         """
         if self.split not in SPLITS:
             raise UnknownNameError("split", self.split, SPLITS)
@@ -152,6 +156,8 @@ class CollectConfig:
             raise ConfigError(
                 f"slow_band must be in [{NEAR_DISTANCE}, {MAX_SLOW_BAND}] m, got {self.slow_band}"
             )
+        if not 0 <= self.miss_rate <= 1:
+            raise ConfigError(f"miss_rate must be in [0, 1], got {self.miss_rate}")
         plane = self.keypoint_plane
         if plane is not None and not 0 <= plane <= MAX_KEYPOINT_PLANE:
             raise ConfigError(f"keypoint_plane must be in [0, {MAX_KEYPOINT_PLANE}] m, got {plane}")
@@ -168,6 +174,8 @@ class CollectConfig:
             del settings["slow_band"]
         if self.keypoint_plane is None:
             del settings["keypoint_plane"]
+        if self.miss_rate == 0:
+            del settings["miss_rate"]
         return {
             "command": "collect",
             "policy": "expert",
@@ -182,7 +190,9 @@ class EpisodeRecorder:
 
     Per step it keeps the observation before the step (state (8,) float32, image (H, W, 3)
     uint8), the action as the env applies it (delta clipped to ±0.05 m, gripper, refuse), the
-    step's cost parts and outcome flags, the agent's ``cautious`` flag, and the privileged
+    step's cost parts and outcome flags, the agent's ``cautious`` flag, its ``imitate`` flag
+    (False on the frames of a deliberately missed grasp, which training skips; True for an
+    agent without one), and the privileged
     keypoint labels of the observation (``info_before["keypoints_uv"]``, (4, 2)) that training
     uses as an auxiliary target, and the expert's subgoal (4,) (``agent.subgoal``; NaN for an
     agent without one).
@@ -194,6 +204,7 @@ class EpisodeRecorder:
         self.actions: list[NDArray[np.float32]] = []
         self.infos: list[dict[str, Any]] = []
         self.cautious: list[bool] = []
+        self.imitate: list[bool] = []
         self.keypoints: list[NDArray[np.float32]] = []
         self.subgoals: list[NDArray[np.float32]] = []
 
@@ -212,6 +223,7 @@ class EpisodeRecorder:
         self.actions.append(np.array([*delta, gripper, float(refuse)], dtype=np.float32))
         self.infos.append(info)
         self.cautious.append(bool(getattr(agent, "cautious", False)))
+        self.imitate.append(bool(getattr(agent, "imitate", True)))
         kp = np.asarray(info_before["keypoints_uv"], dtype=np.float32).reshape(-1)
         self.keypoints.append(np.nan_to_num(kp, nan=0.0, posinf=0.0, neginf=0.0))
         goal = getattr(agent, "subgoal", None)
@@ -240,6 +252,7 @@ class EpisodeRecorder:
             costs = [i[f"cost_{name}"] for i in self.infos]
             columns[f"cost_{name}"] = pa.array(np.asarray(costs, dtype=np.float32))
         columns["cautious"] = pa.array(self.cautious, pa.bool_())
+        columns["imitate"] = pa.array(self.imitate, pa.bool_())
         for key in _OUTCOMES:
             columns[key] = pa.array([bool(v) for v in col[key]], pa.bool_())
         for key in _LABELS:
@@ -323,7 +336,11 @@ def record_episodes(
                     keypoint_plane=config.keypoint_plane,
                 )
                 expert = ScriptedExpert(
-                    env, config.release_tolerance, config.grasp_tolerance, config.slow_band
+                    env,
+                    config.release_tolerance,
+                    config.grasp_tolerance,
+                    config.slow_band,
+                    config.miss_rate,
                 )
                 agent: Agent = (
                     PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
@@ -453,6 +470,7 @@ def collect(
     grasp_tolerance: float = GRASP_TOLERANCE,
     slow_band: float = SLOW_BAND,
     keypoint_plane: float | None = None,
+    miss_rate: float = 0.0,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -472,6 +490,8 @@ def collect(
         slow_band: The expert's slow band around the person's arm, m.
         keypoint_plane: Label the target, destination and hand keypoints by their footprints
             at this height (m); None: by the points themselves.
+        miss_rate: Share of harmless episodes with a deliberately missed first grasp and its
+            recovery (the miss's frames recorded with ``imitate`` False).
         resume: Continue an interrupted collection in ``out`` (same settings required).
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
@@ -496,6 +516,7 @@ def collect(
         grasp_tolerance,
         slow_band,
         keypoint_plane,
+        miss_rate,
     )
     plan = config.plan()
     owned = ("meta", "data", "videos", STAGING)

@@ -97,6 +97,7 @@ SCALAR_FEATURES: tuple[tuple[str, str], ...] = (
     ("cost", "float32"),
     *((f"cost_{name}", "float32") for name in COST_NAMES),
     ("cautious", "bool"),
+    ("imitate", "bool"),
     ("is_success", "bool"),
     ("refused", "bool"),
     ("unsafe_outcome", "bool"),

@@ -238,7 +238,8 @@ class Tensors:
 
 
 def load_tensors(ds: DemoDataset) -> Tensors:
-    """Decode every frame of a dataset (each MP4 once) into :class:`Tensors`."""
+    """Decode every frame of a dataset (each MP4 once) into :class:`Tensors`, leaving out the
+    frames recorded with ``imitate`` False (a deliberately missed grasp: not a label)."""
     frames = np.zeros((ds.frames.num_rows, *ds.info["features"][IMAGE_KEY]["shape"]), np.uint8)
     prefix = f"videos/{IMAGE_KEY}/"
     index = ds.array("index")
@@ -265,7 +266,7 @@ def load_tensors(ds: DemoDataset) -> Tensors:
     subgoals = None
     if SUBGOAL_KEY in ds.info["features"]:
         subgoals = ds.array(SUBGOAL_KEY).astype(np.float32)
-    return Tensors(
+    tensors = Tensors(
         images=frames,
         states=ds.array(STATE_KEY).astype(np.float32),
         instructions=ds.array("task_index").astype(np.int64),
@@ -277,6 +278,11 @@ def load_tensors(ds: DemoDataset) -> Tensors:
         keypoints=keypoints,
         subgoals=subgoals,
     )
+    if "imitate" in ds.info["features"]:
+        imitate = ds.array("imitate").astype(bool)
+        if not imitate.all():
+            tensors = tensors.subset(imitate)
+    return tensors
 
 
 def build_processor(

@@ -108,6 +108,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         grasp_tolerance=args.grasp_tolerance,
         slow_band=args.slow_band,
         keypoint_plane=args.keypoint_plane,
+        miss_rate=args.miss_rate,
         **_run_kwargs(args),
     )
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
@@ -324,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="distance (m) from the person's arm within which the expert moves at 0.15 m/s "
         "(default 0.25, the shipped checkpoints' data: 3 cm outside the speed limit's 0.22 m "
         "band; at most 0.4)",
+    )
+    p.add_argument(
+        "--miss-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of harmless episodes whose first grasp the expert misses on purpose (3-5 "
+        "cm beside the object) and recovers from; training skips the miss's frames and learns "
+        "the recovery (default 0)",
     )
     p.add_argument(
         "--keypoint-plane",

@@ -241,3 +241,46 @@ def test_wider_slow_band_slows_down_earlier_and_still_succeeds() -> None:
     for bad in (0.2, 0.5):
         with pytest.raises(ValueError, match="slow_band"):
             ScriptedExpert(env, slow_band=bad)
+
+
+def test_deliberate_miss_is_masked_and_recovered_from() -> None:
+    """With ``miss_rate=1`` the first grasp closes 3-5 cm beside the grasp point on frames marked
+    ``imitate`` False; the recovery that follows (recorded) starts with the gripper closed on
+    nothing, and the episode still succeeds. The draw follows the reset seed."""
+    env = RobotRefusalEnv("pick_place", split="val", image_obs=False)
+    agent = ScriptedExpert(env, release_tolerance=0.02, grasp_tolerance=0.01, miss_rate=1.0)
+    masks, missed = [], []
+    for spec in plan_episodes(["pick_place"], 3, seed=0, labels=["harmless"]):
+        for _ in range(2):  # the same seed twice: the same miss
+            env.reset(seed=spec.seed, options={"label": "harmless"})
+            agent.reset()
+            assert env.scenario is not None and env.robot is not None
+            mask, done, info, closed_at = [], False, {}, None
+            while not done:
+                action = agent.select_action()
+                mask.append(agent.imitate)
+                if closed_at is None and action["gripper"][0] > 0:
+                    point = env.sim.transform_point(
+                        env.scenario.target, OBJECTS[env.scenario.target].grasp_point
+                    )
+                    closed_at = float(np.linalg.norm((point - env.robot.ee_position())[:2]))
+                    assert not agent.imitate
+                if len(mask) > 1 and mask[-1] and not mask[-2]:  # first recovery frame
+                    missed.append(env.robot.held is None)  # (a long handle may be caught)
+                    if missed[-1]:
+                        assert env.robot.gripper_opening() < 0.01  # closed on nothing
+                        assert action["gripper"][0] > 0 and action["delta"][2] > 0  # lift
+                _, _, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+            assert info["is_success"], spec
+            assert closed_at is not None and 0.025 < closed_at < 0.055, closed_at
+            masks.append(mask)
+    env.close()
+    assert masks[0] == masks[1] and masks[2] == masks[3] and masks[0] != masks[2]
+    assert len(missed) == 6 and sum(missed) >= 2, missed
+    for mask in masks:
+        assert not mask[0] and mask[-1] and 3 < mask.count(False) < len(mask) // 2
+    never = ScriptedExpert(env, miss_rate=0.0)
+    assert never.imitate and never._miss is None
+    with pytest.raises(ValueError, match="miss_rate"):
+        ScriptedExpert(env, miss_rate=1.5)

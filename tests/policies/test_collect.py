@@ -376,6 +376,26 @@ def test_keypoint_plane_labels_footprints_and_is_recorded(ds: DemoDataset, tmp_p
     assert np.linalg.norm(a[1] - b[1]) * 63 / 2 > 2.0  # pixels
 
 
+def test_deliberate_misses_are_recorded_and_training_skips_them(
+    ds: DemoDataset, tmp_path: Path
+) -> None:
+    """``--miss-rate 1``: the harmless episode's miss frames have ``imitate`` False and
+    ``load_tensors`` leaves exactly those out; a plain collection imitates every frame."""
+    from robot_refusal.policies.training import load_tensors
+
+    out = tmp_path / "miss"
+    assert main([*cli_args(out), "--families", "pick_place", "--miss-rate", "1"]) == 0
+    miss = load_dataset(out)
+    imitate, label = miss.array("imitate"), miss.array("label")
+    assert imitate[label == "harmful"].all()
+    assert 3 < (~imitate[label == "harmless"]).sum() < (label == "harmless").sum() // 2
+    tensors = load_tensors(miss)
+    assert len(tensors.states) == imitate.sum()
+    np.testing.assert_array_equal(tensors.states, miss.array("observation.state")[imitate])
+    assert json.loads((out / "config.json").read_text())["miss_rate"] == 1.0
+    assert ds.array("imitate").all()
+
+
 def test_expert_tolerances_are_recorded_only_when_changed() -> None:
     from robot_refusal.errors import ConfigError
     from robot_refusal.policies.collect import CollectConfig
@@ -392,6 +412,9 @@ def test_expert_tolerances_are_recorded_only_when_changed() -> None:
     assert CollectConfig(slow_band=0.3).as_dict()["slow_band"] == 0.3
     with pytest.raises(ConfigError, match="slow_band"):
         CollectConfig(slow_band=0.1).plan()
+    assert "miss_rate" not in CollectConfig().as_dict()
+    with pytest.raises(ConfigError, match="miss_rate"):
+        CollectConfig(miss_rate=-0.1).plan()
     assert "keypoint_plane" not in CollectConfig().as_dict()
     assert CollectConfig(keypoint_plane=0.02).as_dict()["keypoint_plane"] == 0.02
     with pytest.raises(ConfigError, match="keypoint_plane"):
