@@ -144,7 +144,8 @@ class ScriptedExpert:
             applies, made the shipped checkpoints' data; a wider band (e.g. 0.3) shows a learner
             that judges the distance to the arm a few centimetres wrong a slow approach before
             the limit starts, not at it.
-        miss_rate: Probability that a harmless episode's first grasp is missed on purpose:
+        miss_rate: Probability that an episode's first grasp (only harmless episodes grasp;
+            the expert refuses the others) is missed on purpose:
             the expert descends 3-5 cm beside the grasp point (a random direction), closes on
             nothing, and recovers as after any failed grasp (lift, open, grasp again). The
             frames of the deliberate miss have :attr:`imitate` False, so training skips them
@@ -154,7 +155,8 @@ class ScriptedExpert:
 
     Attributes:
         imitate: False while the current action belongs to a deliberate miss (not a label).
-        cautious: True once the episode has slowed down near the person or detoured.
+        cautious: True if the current action slows down near the person or detours around
+            the keep-out zone.
         subgoal: (4,) where the last action headed and its step cap: x, y, z (m), speed
             (m/step).
 
