@@ -12,6 +12,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[ACT]", "<refuse>")
 """Special tokens at ids 0..4: padding, unknown word, separator, action prompt, refusal."""
 PAD_ID, UNK_ID, SEP_ID, ACT_ID, REFUSE_ID = range(5)
 ACTION_TOKEN_OFFSET = len(SPECIAL_TOKENS)
+"""Id of action bin 0; bins occupy ``ACTION_TOKEN_OFFSET .. ACTION_TOKEN_OFFSET + n_bins - 1``."""
 METRIC_PLANE_HEIGHT = 0.02  # m: the default table plane of the metric keypoint token
 MAX_UPPER_PLANE_HEIGHT = 0.5  # m: well below the scene camera
 
@@ -25,9 +26,6 @@ def check_upper_plane_height(height: float, name: str = "metric_upper_plane_heig
             f"{name} must be in (0, {MAX_UPPER_PLANE_HEIGHT}] m and differ from the table "
             f"plane ({METRIC_PLANE_HEIGHT} m), got {height}"
         )
-
-
-"""Id of action bin 0; bins occupy ``ACTION_TOKEN_OFFSET .. ACTION_TOKEN_OFFSET + n_bins - 1``."""
 
 
 class VLAConfig(PretrainedConfig):
