@@ -102,6 +102,15 @@ class EnvState:
     scenario: Scenario
 
 
+def check_keypoint_plane(height: float | None) -> None:
+    """Raise :class:`ConfigError` unless ``height`` is None or a keypoint footprint plane in
+    [0, 0.5] m (``RobotRefusalEnv(keypoint_plane=)``)."""
+    if height is not None and not 0 <= height <= MAX_KEYPOINT_PLANE:
+        raise ConfigError(
+            f"keypoint_plane must be None or in [0, {MAX_KEYPOINT_PLANE}] m, got {height}"
+        )
+
+
 class RobotRefusalEnv(gym.Env):
     """Instruction-following Panda with a person at the table (one scenario family).
 
@@ -156,11 +165,7 @@ class RobotRefusalEnv(gym.Env):
         self.suite: Suite = load_suite(family)
         self.image_size, self.image_obs = _size("image_size", image_size), bool(image_obs)
         self.render_mode, self.render_size = render_mode, _size("render_size", render_size)
-        if keypoint_plane is not None and not 0 <= keypoint_plane <= MAX_KEYPOINT_PLANE:
-            raise ConfigError(
-                f"keypoint_plane must be None or in [0, {MAX_KEYPOINT_PLANE}] m, "
-                f"got {keypoint_plane}"
-            )
+        check_keypoint_plane(keypoint_plane)
         self.keypoint_plane = keypoint_plane
         spaces: dict[str, gym.Space] = {
             "state": gym.spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32),

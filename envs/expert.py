@@ -36,6 +36,7 @@ from robot_refusal.envs.scene import (
     ZONE_RADIUS,
     Person,
 )
+from robot_refusal.errors import ConfigError
 
 FAST = 0.04  # m per step (0.4 m/s)
 SLOW = 0.015  # m per step (0.15 m/s) near the person
@@ -51,6 +52,27 @@ MAX_RELEASE_TOLERANCE = 0.03  # m: a wider band drops objects from too high
 MAX_GRASP_TOLERANCE = 0.02  # m: inside the robot's 2.5 cm grasp radius
 MAX_SLOW_BAND = 0.4  # m: wider than this, the whole handover approach would be slow
 MISS_DISTANCE = (0.03, 0.05)  # m: how far a deliberately missed grasp lands from the grasp point
+
+
+def check_expert_settings(
+    release_tolerance: float, grasp_tolerance: float, slow_band: float, miss_rate: float
+) -> None:
+    """Raise :class:`ConfigError` (a ``ValueError``) for a :class:`ScriptedExpert` setting out
+    of range: ``release_tolerance`` outside (0, 0.03] m, ``grasp_tolerance`` outside (0, 0.02]
+    m, ``slow_band`` outside [0.22, 0.4] m or ``miss_rate`` outside [0, 1]."""
+    for name, value, high in (
+        ("release_tolerance", release_tolerance, MAX_RELEASE_TOLERANCE),
+        ("grasp_tolerance", grasp_tolerance, MAX_GRASP_TOLERANCE),
+    ):
+        if not 0 < value <= high:
+            raise ConfigError(f"{name} must be in (0, {high}] m, got {value}")
+    if not NEAR_DISTANCE <= slow_band <= MAX_SLOW_BAND:
+        raise ConfigError(
+            f"slow_band must be in [{NEAR_DISTANCE}, {MAX_SLOW_BAND}] m (the speed limit's "
+            f"band and wider), got {slow_band}"
+        )
+    if not 0 <= miss_rate <= 1:
+        raise ConfigError(f"miss_rate must be in [0, 1], got {miss_rate}")
 
 
 def _action(delta: np.ndarray, grip: float, refuse: int = 0) -> dict[str, Any]:
@@ -162,8 +184,9 @@ class ScriptedExpert:
 
     Raises:
         TypeError: ``env`` is not a RobotRefusalEnv.
-        ValueError: ``release_tolerance`` outside (0, 0.03] m, ``grasp_tolerance`` outside
-            (0, 0.02] m, ``slow_band`` outside [0.22, 0.4] m or ``miss_rate`` outside [0, 1].
+        ConfigError: (a ``ValueError``) ``release_tolerance`` outside (0, 0.03] m,
+            ``grasp_tolerance`` outside (0, 0.02] m, ``slow_band`` outside [0.22, 0.4] m or
+            ``miss_rate`` outside [0, 1] (:func:`check_expert_settings`).
     """
 
     unsafe = False
@@ -179,22 +202,7 @@ class ScriptedExpert:
         base = env.unwrapped
         if not isinstance(base, RobotRefusalEnv):
             raise TypeError(f"the scripted expert needs a RobotRefusalEnv, got {type(base)}")
-        if not 0 < release_tolerance <= MAX_RELEASE_TOLERANCE:
-            raise ValueError(
-                f"release_tolerance must be in (0, {MAX_RELEASE_TOLERANCE}] m, "
-                f"got {release_tolerance}"
-            )
-        if not 0 < grasp_tolerance <= MAX_GRASP_TOLERANCE:
-            raise ValueError(
-                f"grasp_tolerance must be in (0, {MAX_GRASP_TOLERANCE}] m, got {grasp_tolerance}"
-            )
-        if not NEAR_DISTANCE <= slow_band <= MAX_SLOW_BAND:
-            raise ValueError(
-                f"slow_band must be in [{NEAR_DISTANCE}, {MAX_SLOW_BAND}] m (the speed limit's "
-                f"band and wider), got {slow_band}"
-            )
-        if not 0 <= miss_rate <= 1:
-            raise ValueError(f"miss_rate must be in [0, 1], got {miss_rate}")
+        check_expert_settings(release_tolerance, grasp_tolerance, slow_band, miss_rate)
         self.release_tolerance = float(release_tolerance)
         self.grasp_tolerance = float(grasp_tolerance)
         self.slow_band = float(slow_band)

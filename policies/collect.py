@@ -38,18 +38,15 @@ from tqdm.auto import tqdm
 
 from robot_refusal.agents import Agent
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
-from robot_refusal.envs.env import MAX_KEYPOINT_PLANE, validate_action
+from robot_refusal.envs.env import check_keypoint_plane, validate_action
 from robot_refusal.envs.expert import (
     GRASP_TOLERANCE,
-    MAX_GRASP_TOLERANCE,
-    MAX_RELEASE_TOLERANCE,
-    MAX_SLOW_BAND,
     RELEASE_TOLERANCE,
     SLOW_BAND,
     PerturbedExpert,
+    check_expert_settings,
 )
 from robot_refusal.envs.scenarios import SPLITS
-from robot_refusal.envs.scene import NEAR_DISTANCE
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
 from robot_refusal.policies.dataset import read_json, read_parquet
@@ -146,21 +143,10 @@ class CollectConfig:
             raise DatasetError(f"no families to collect; choose from {', '.join(FAMILIES)}")
         if self.image_size < 1:
             raise ConfigError(f"image_size must be >= 1 pixel, got {self.image_size}")
-        for name, value, high in (
-            ("release_tolerance", self.release_tolerance, MAX_RELEASE_TOLERANCE),
-            ("grasp_tolerance", self.grasp_tolerance, MAX_GRASP_TOLERANCE),
-        ):
-            if not 0 < value <= high:
-                raise ConfigError(f"{name} must be in (0, {high}] m, got {value}")
-        if not NEAR_DISTANCE <= self.slow_band <= MAX_SLOW_BAND:
-            raise ConfigError(
-                f"slow_band must be in [{NEAR_DISTANCE}, {MAX_SLOW_BAND}] m, got {self.slow_band}"
-            )
-        if not 0 <= self.miss_rate <= 1:
-            raise ConfigError(f"miss_rate must be in [0, 1], got {self.miss_rate}")
-        plane = self.keypoint_plane
-        if plane is not None and not 0 <= plane <= MAX_KEYPOINT_PLANE:
-            raise ConfigError(f"keypoint_plane must be in [0, {MAX_KEYPOINT_PLANE}] m, got {plane}")
+        check_expert_settings(
+            self.release_tolerance, self.grasp_tolerance, self.slow_band, self.miss_rate
+        )
+        check_keypoint_plane(self.keypoint_plane)
         return plan_episodes(self.families, self.episodes, self.seed)
 
     def as_dict(self) -> dict[str, Any]:
