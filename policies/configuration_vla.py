@@ -28,6 +28,19 @@ def check_upper_plane_height(height: float, name: str = "metric_upper_plane_heig
         )
 
 
+MAX_KEYPOINT_WINDOW = 8  # cells: a 17x17 window already covers most of a 32x32 heatmap
+
+
+def check_keypoint_window(radius: int, name: str = "keypoint_window") -> None:
+    """Raise :class:`ConfigError` unless ``radius`` is an integer in [0, 8] (heatmap cells on
+    each side of the maximum; 0: the expectation over the whole map). ``name`` is the setting
+    the message names."""
+    if isinstance(radius, bool) or not isinstance(radius, int):
+        raise ConfigError(f"{name} must be an integer number of cells, got {radius!r}")
+    if not 0 <= radius <= MAX_KEYPOINT_WINDOW:
+        raise ConfigError(f"{name} must be in [0, {MAX_KEYPOINT_WINDOW}] cells, got {radius}")
+
+
 class VLAConfig(PretrainedConfig):
     """Configuration of :class:`~robot_refusal.policies.modeling_vla.VLAForActionPrediction`.
 
@@ -82,13 +95,18 @@ class VLAConfig(PretrainedConfig):
             ``p0 + t (p1 - p0)`` with ``t = (h - h0) / (h1 - h0)``, linear in the two cuts, so
             the decoder can place points that are not on the table (the handover point 12 cm
             up, a bottle's grasp point 15 cm up) without undoing a perspective error.
+        keypoint_window: How keypoints are read out of their heatmaps: 0 (the shipped
+            checkpoints) takes the expectation over the whole map (spatial softmax); r > 0
+            the soft-argmax over the (2r+1) x (2r+1) cells around the map's maximum
+            (``modeling_vla.local_soft_argmax``), which does not fall between two modes. The
+            weights do not depend on it, so a trained checkpoint can be read out either way.
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
 
     Raises:
         ConfigError: ``grounded_keypoints`` or ``metric_keypoints`` outside
             ``[0, num_keypoints]``; ``keypoint_stride`` not 2 or 4; ``metric_keypoints``
             without a 16-float camera matrix; ``metric_upper_plane_height`` equal to
-            ``metric_plane_height``.
+            ``metric_plane_height``; ``keypoint_window`` outside [0, 8].
     """
 
     model_type = "robot_refusal_vla"
@@ -115,6 +133,7 @@ class VLAConfig(PretrainedConfig):
         camera_unprojection: list[float] | None = None,
         metric_plane_height: float = METRIC_PLANE_HEIGHT,
         metric_upper_plane_height: float | None = None,
+        keypoint_window: int = 0,
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         **kwargs: Any,
@@ -163,6 +182,8 @@ class VLAConfig(PretrainedConfig):
                 f"({metric_plane_height} m): two cuts of a ray at one height carry one point"
             )
         self.metric_upper_plane_height = metric_upper_plane_height
+        check_keypoint_window(keypoint_window)
+        self.keypoint_window = int(keypoint_window)
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)

@@ -59,6 +59,39 @@ def cell_centres(cells: int, pixels: int | None, like: Tensor) -> Tensor:
     return (s * i + (s - 1) / 2) * 2 / (pixels - 1) - 1
 
 
+def local_soft_argmax(logits: Tensor, xs: Tensor, ys: Tensor, radius: int) -> Tensor:
+    """Keypoints (B, K, 2) as (x, y): the soft-argmax of each heatmap restricted to the
+    (2 * radius + 1)^2 cells around its maximum.
+
+    The expectation over the whole map (the spatial softmax of Levine et al. 2016) lands
+    between two objects when a heatmap has two modes (two cubes of similar colour, a target
+    half hidden by the gripper); the local form keeps the subpixel precision of a soft-argmax
+    but takes it from the strongest mode only, as heatmap keypoint detectors decode their
+    maps (argmax, then a local refinement).
+
+    Args:
+        logits: (B, K, h, w) heatmap logits.
+        xs: (w,) cell-centre x coordinates; ys: (h,) cell-centre y coordinates.
+        radius: Cells on each side of the maximum, >= 1.
+
+    Returns:
+        (B, K, 2) keypoints in the units of ``xs`` and ``ys``; differentiable with respect to
+        the logits inside each window (the window's position is not).
+    """
+    h, w = logits.shape[-2:]
+    flat = logits.flatten(2)  # (B, K, h*w)
+    peak = flat.argmax(-1)  # (B, K)
+    rows = torch.arange(h, device=logits.device)[:, None]  # (h, 1)
+    cols = torch.arange(w, device=logits.device)[None, :]  # (1, w)
+    near_y = (rows - (peak // w)[..., None, None]).abs() <= radius  # (B, K, h, 1)
+    near_x = (cols - (peak % w)[..., None, None]).abs() <= radius  # (B, K, 1, w)
+    window = (near_y & near_x).flatten(2)  # (B, K, h*w)
+    p = flat.masked_fill(~window, torch.finfo(flat.dtype).min).softmax(-1)
+    gx = xs[None, :].expand(h, w).flatten()
+    gy = ys[:, None].expand(h, w).flatten()
+    return torch.stack([p @ gx, p @ gy], dim=-1)
+
+
 class ConvVisionEncoder(nn.Module):
     """Instruction-conditioned conv encoder: FiLM layers and spatial-softmax keypoints.
 
@@ -77,7 +110,9 @@ class ConvVisionEncoder(nn.Module):
     layer's features concatenated with the last ones upsampled 2x (nearest), a 1x1 conv to
     ``FINE_CHANNELS`` and a 3x3 conv, as a feature pyramid's top-down path (Lin et al. 2017,
     section 3), with pixel-accurate cell centres (:func:`cell_centres`); the pooled tokens
-    still come from the last feature map.
+    still come from the last feature map. With ``config.keypoint_window = r > 0`` each
+    keypoint is read out by :func:`local_soft_argmax` (the (2r+1)^2 cells around the
+    heatmap's maximum) instead of the expectation over the whole map.
     """
 
     FINE_CHANNELS = 32
@@ -91,6 +126,7 @@ class ConvVisionEncoder(nn.Module):
         self.film = nn.Linear(config.film_dim, 2 * (c2 + c3))
         self.grounded = config.grounded_keypoints
         self.fine = config.keypoint_stride == 2
+        self.config = config  # read at every call: keypoint_window may be changed after loading
         ck = self.FINE_CHANNELS if self.fine else c3
         if self.fine:
             self.fine_lateral = nn.Conv2d(c1 + c3, ck, 1)
@@ -150,11 +186,16 @@ class ConvVisionEncoder(nn.Module):
         if self.grounded:
             assert words is not None and word_mask is not None
             logits = torch.cat([self._grounded_logits(k, words, word_mask), logits], dim=1)
-        heat = logits.softmax(-1)  # (B, K, h'*w')
         pix = (h, w) if self.fine else (None, None)
-        fy = cell_centres(k.shape[2], pix[0], k)[:, None].expand(-1, k.shape[3]).flatten()
-        fx = cell_centres(k.shape[3], pix[1], k)[None, :].expand(k.shape[2], -1).flatten()
-        keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
+        ys, xs = cell_centres(k.shape[2], pix[0], k), cell_centres(k.shape[3], pix[1], k)
+        window = self.config.keypoint_window
+        if window:
+            keypoints = local_soft_argmax(logits.unflatten(2, k.shape[2:]), xs, ys, window)
+        else:
+            heat = logits.softmax(-1)  # (B, K, h'*w')
+            fy = ys[:, None].expand(-1, k.shape[3]).flatten()
+            fx = xs[None, :].expand(k.shape[2], -1).flatten()
+            keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
         tokens = self.pool(x).flatten(2).transpose(1, 2)  # (B, side*side, C)
         return tokens, keypoints, logits.unflatten(2, k.shape[2:])
 

@@ -16,7 +16,11 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from robot_refusal.errors import CheckpointError
-from robot_refusal.policies.configuration_vla import REFUSE_ID, VLAConfig
+from robot_refusal.policies.configuration_vla import (
+    REFUSE_ID,
+    VLAConfig,
+    check_keypoint_window,
+)
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
 from robot_refusal.policies.processing_vla import VLAProcessor
 
@@ -79,13 +83,23 @@ class VLAPolicy:
         return self.processor.image_size
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> VLAPolicy:
+    def from_pretrained(cls, folder: str | Path, keypoint_window: int | None = None) -> VLAPolicy:
         """Load a checkpoint folder (safetensors only, no remote code).
+
+        Args:
+            folder: Checkpoint folder or shipped name.
+            keypoint_window: Override of the checkpoint's ``VLAConfig.keypoint_window`` (how
+                keypoints are read out of the heatmaps: 0, the expectation over the whole map;
+                r > 0, the soft-argmax around the map's maximum); None keeps the
+                checkpoint's. Saving the policy records the override.
 
         Raises:
             CheckpointError: Missing folder, missing ``config.json`` or weights, or a corrupt
                 or truncated weights file (the message names the file).
+            ConfigError: ``keypoint_window`` outside [0, 8].
         """
+        if keypoint_window is not None:
+            check_keypoint_window(keypoint_window)
         path = resolve_checkpoint(folder)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
@@ -94,6 +108,8 @@ class VLAPolicy:
             config = VLAConfig.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, TypeError) as e:
             raise CheckpointError(f"{path / CONFIG_FILE} is not a VLA config ({e})") from e
+        if keypoint_window is not None:
+            config.keypoint_window = keypoint_window
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a 60-tensor checkpoint loads in milliseconds
         try:

@@ -32,6 +32,7 @@ from robot_refusal.policies.configuration_vla import (
     ACTION_TOKEN_OFFSET,
     REFUSE_ID,
     VLAConfig,
+    check_keypoint_window,
     check_upper_plane_height,
 )
 from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
@@ -55,6 +56,10 @@ from robot_refusal.policies.processing_vla import (
 log = logging.getLogger(__name__)
 LAST = "last"
 STATE_FILE = "trainer_state.pt"
+
+
+MISS_FRAMES = ("skip", "keypoints")
+"""What training does with the frames of a deliberate miss (``TrainConfig.miss_frames``)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,16 @@ class TrainConfig:
         heatmap_weight: Weight of the heatmap cross-entropy (:func:`heatmap_loss`) on the same
             keypoint labels; 0 (the shipped checkpoints) trains the keypoints by squared error
             only.
+        miss_frames: What training does with the frames of a deliberate miss (recorded with
+            ``imitate`` False by ``collect --miss-rate``): ``"skip"`` (default) leaves them
+            out; ``"keypoints"`` keeps them for the keypoint losses only (their action tokens
+            are not imitated), so the keypoint head also sees the gripper beside the target
+            with the target's true label, where the demonstrations otherwise only show it
+            over the target.
+        keypoint_window: How the model reads keypoints out of their heatmaps
+            (``VLAConfig.keypoint_window``): 0 (the shipped checkpoints), the expectation over
+            the whole map; r > 0, the soft-argmax over the (2r+1)^2 cells around the maximum.
+            The squared-error keypoint loss then trains that readout.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -131,6 +146,8 @@ class TrainConfig:
     metric_label_noise_px: float = 1.0
     keypoint_stride: int = 4
     heatmap_weight: float = 0.0
+    keypoint_window: int = 0
+    miss_frames: str = "skip"
     eval_every: int = 500
     threads: int = 2
 
@@ -169,6 +186,11 @@ class TrainConfig:
             if not self.metric_keypoints:
                 raise ConfigError("metric_upper_plane_height needs metric_keypoints > 0")
             check_upper_plane_height(self.metric_upper_plane_height)
+        check_keypoint_window(self.keypoint_window)
+        if self.miss_frames not in MISS_FRAMES:
+            raise ConfigError(
+                f"miss_frames must be one of {', '.join(MISS_FRAMES)}, got {self.miss_frames!r}"
+            )
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
@@ -191,6 +213,8 @@ class Tensors:
         first: (N,) bool, first frame of its episode.
         episode: (N,) int64 episode index.
         keypoints: (N, P, 2) float32 privileged keypoint labels, or None if not recorded.
+        imitate: (N,) bool, False for the frames of a deliberate miss kept for the keypoint
+            losses only (their actions are not labels); None: every frame is imitated.
     """
 
     images: np.ndarray
@@ -203,6 +227,7 @@ class Tensors:
     episode: np.ndarray
     keypoints: np.ndarray | None = None
     subgoals: np.ndarray | None = None
+    imitate: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> Tensors:
         """The frames where ``mask`` (N,) is True."""
@@ -217,7 +242,13 @@ class Tensors:
             self.episode[mask],
             None if self.keypoints is None else self.keypoints[mask],
             None if self.subgoals is None else self.subgoals[mask],
+            None if self.imitate is None else self.imitate[mask],
         )
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(N,) bool: frames whose actions are labels (not a deliberate miss's)."""
+        return np.ones(len(self.states), bool) if self.imitate is None else self.imitate
 
     def targets(self, action_space: str) -> np.ndarray:
         """Action targets of ``action_space``: (N, 4) delta xyz + gripper, or (N, 5) subgoal
@@ -237,9 +268,22 @@ class Tensors:
         return np.concatenate([np.nan_to_num(goals), self.actions[:, 3:4]], axis=1)
 
 
-def load_tensors(ds: DemoDataset) -> Tensors:
-    """Decode every frame of a dataset (each MP4 once) into :class:`Tensors`, leaving out the
-    frames recorded with ``imitate`` False (a deliberately missed grasp: not a label)."""
+def load_tensors(ds: DemoDataset, miss_frames: str = "skip") -> Tensors:
+    """Decode every frame of a dataset (each MP4 once) into :class:`Tensors`.
+
+    Args:
+        ds: The dataset.
+        miss_frames: ``"skip"`` leaves out the frames recorded with ``imitate`` False (a
+            deliberately missed grasp: not an action label); ``"keypoints"`` keeps them with
+            :attr:`Tensors.imitate` False (see ``TrainConfig.miss_frames``).
+
+    Raises:
+        ConfigError: Unknown ``miss_frames``.
+    """
+    if miss_frames not in MISS_FRAMES:
+        raise ConfigError(
+            f"miss_frames must be one of {', '.join(MISS_FRAMES)}, got {miss_frames!r}"
+        )
     frames = np.zeros((ds.frames.num_rows, *ds.info["features"][IMAGE_KEY]["shape"]), np.uint8)
     prefix = f"videos/{IMAGE_KEY}/"
     index = ds.array("index")
@@ -281,7 +325,10 @@ def load_tensors(ds: DemoDataset) -> Tensors:
     if "imitate" in ds.info["features"]:
         imitate = ds.array("imitate").astype(bool)
         if not imitate.all():
-            tensors = tensors.subset(imitate)
+            if miss_frames == "skip":
+                tensors = tensors.subset(imitate)
+            else:
+                tensors.imitate = imitate
     return tensors
 
 
@@ -297,7 +344,7 @@ def build_processor(
         tuple(float(np.ravel(img["mean"])[i]) for i in range(3)),
         tuple(float(np.ravel(img["std"])[i]) for i in range(3)),
     )
-    actions = ActionTokenizer.fit(data.targets(action_space)[~data.refuse])
+    actions = ActionTokenizer.fit(data.targets(action_space)[~data.refuse & data.labelled])
     size = tuple(ds.info["features"][IMAGE_KEY]["shape"][:2])
     return VLAProcessor(
         build_tokenizer(data.texts.values()),
@@ -321,7 +368,9 @@ class Batcher:
         lookup = np.array([row[int(t)] for t in data.instructions])
         self.ids, self.mask = ids[lookup], mask[lookup]  # (N, T)
         targets = data.targets(processor.action_space)
-        self.labels = torch.from_numpy(processor.action_labels(targets, data.refuse))
+        labels = processor.action_labels(targets, data.refuse)
+        labels[~data.labelled] = -100  # a deliberate miss: keypoint labels only
+        self.labels = torch.from_numpy(labels)
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Inputs and labels (B, D) of frames ``idx`` (teacher forcing: D - 1 fed tokens)."""
@@ -439,13 +488,15 @@ def training_loss(
         inputs["metric_source"] = target_kp + noise * (metric_label_noise_px / half_width)
     out = model(**inputs)
     assert out.loss is not None and out.keypoints is not None
+    labels = batch["labels"]
+    valid = labels >= 0
+    if not valid.any():  # only deliberate-miss frames: no action label in the batch
+        out.loss = out.logits.sum() * 0.0
     loss = out.loss
-    if label_sigma > 0:
-        labels = batch["labels"]
+    if label_sigma > 0 and valid.any():
         logp = out.logits[:, -labels.shape[1] :].log_softmax(-1)  # (B, K, V)
         cfg = model.config
         target = soft_action_targets(labels, cfg.vocab_size, cfg.n_bins, label_sigma)
-        valid = labels >= 0
         loss = -(target * logp).sum(-1)[valid].mean()
     if target_kp is None or keypoint_weight == heatmap_weight == 0:
         return loss, out.loss, None
@@ -507,12 +558,13 @@ def evaluate_loss(
 
 
 def _split(data: Tensors, val: Tensors | None) -> tuple[Tensors, Tensors]:
+    """Training and validation frames; validation keeps only frames with action labels."""
     if val is not None:
         return data, val
     held = data.episode % 20 == 19
     if not held.any():  # fewer than 20 episodes: hold out the last one
         held = data.episode == data.episode.max()
-    return data.subset(~held), data.subset(held)
+    return data.subset(~held), data.subset(held & data.labelled)
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -531,7 +583,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     ds = load_dataset(config.data)
-    data = load_tensors(ds)
+    data = load_tensors(ds, config.miss_frames)
     val = load_tensors(load_dataset(config.val_data)) if config.val_data else None
     data, val = _split(data, val)
     model, processor = _model(config, ds, data, last if resume else None)
@@ -615,6 +667,7 @@ def _model(
             metric_keypoints=config.metric_keypoints,
             metric_upper_plane_height=config.metric_upper_plane_height,
             keypoint_stride=config.keypoint_stride,
+            keypoint_window=config.keypoint_window,
             camera_unprojection=scene_camera(processor.image_size)
             if config.metric_keypoints
             else None,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import gymnasium as gym
 
 from robot_refusal.envs.expert import ScriptedExpert, UnsafeExpert
-from robot_refusal.errors import UnknownNameError
+from robot_refusal.errors import ConfigError, UnknownNameError
 
 
 class Agent(Protocol):
@@ -57,11 +57,12 @@ def check_agent(name: str) -> str:
 
 
 @functools.cache
-def load_policy(name: str) -> Any:
-    """The :class:`~robot_refusal.policies.policy.VLAPolicy` of a checkpoint (cached)."""
+def load_policy(name: str, keypoint_window: int | None = None) -> Any:
+    """The :class:`~robot_refusal.policies.policy.VLAPolicy` of a checkpoint (cached), with
+    its ``VLAConfig.keypoint_window`` overridden unless ``keypoint_window`` is None."""
     from robot_refusal.policies.policy import VLAPolicy
 
-    return VLAPolicy.from_pretrained(name)
+    return VLAPolicy.from_pretrained(name, keypoint_window=keypoint_window)
 
 
 def needs_images(name: str) -> bool:
@@ -74,16 +75,25 @@ def image_size(name: str) -> tuple[int, int]:
     return (64, 64) if name in AGENTS else load_policy(name).image_size
 
 
-def make_agent(name: str, env: gym.Env) -> Agent:
+def make_agent(name: str, env: gym.Env, keypoint_window: int | None = None) -> Agent:
     """Build agent ``name`` for ``env`` (a fresh policy wrapper per env for checkpoints).
+
+    Args:
+        name: Scripted agent name or checkpoint.
+        env: The env the agent acts in.
+        keypoint_window: For a checkpoint, an override of its keypoint readout (see
+            :meth:`~robot_refusal.policies.policy.VLAPolicy.from_pretrained`); None keeps it.
 
     Raises:
         UnknownNameError: Listing the known agents.
+        ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
     """
     check_agent(name)
     if name in AGENTS:
+        if keypoint_window is not None:
+            raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {name!r}")
         return AGENTS[name](env)
     from robot_refusal.policies.policy import VLAPolicy
 
-    shared = load_policy(name)
+    shared = load_policy(name, keypoint_window)
     return VLAPolicy(shared.model, shared.processor)

@@ -90,7 +90,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robot_refusal.rollout import evaluate
     from robot_refusal.tables import format_summary
 
-    summary = evaluate(args.policy, args.out, **_run_kwargs(args))
+    summary = evaluate(
+        args.policy, args.out, keypoint_window=args.keypoint_window, **_run_kwargs(args)
+    )
     print(format_summary(summary))
     print(f"wrote {args.out}/episodes.jsonl and {args.out}/summary.json")
     return 0
@@ -139,6 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         metric_label_noise_px=args.metric_label_noise_px,
         metric_upper_plane_height=args.metric_upper_plane,
         keypoint_stride=args.keypoint_stride,
+        keypoint_window=args.keypoint_window,
+        miss_frames=args.miss_frames,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -288,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy", required=True, help="expert | unsafe-expert | checkpoint folder or shipped name"
     )
     _add_run_args(p, "test")
+    p.add_argument(
+        "--keypoint-window",
+        type=int,
+        default=None,
+        metavar="R",
+        help="checkpoints only: read keypoints as the soft-argmax over the (2R+1)x(2R+1) "
+        "heatmap cells around each maximum, overriding the checkpoint's keypoint_window "
+        "(0: the expectation over the whole map; default: the checkpoint's own)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -423,6 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="image pixels per keypoint heatmap cell: 4 (default, as the shipped checkpoints) "
         "or 2 (a finer head on the first conv layer's features fused with the last ones)",
+    )
+    p.add_argument(
+        "--keypoint-window",
+        type=int,
+        default=0,
+        metavar="R",
+        help="read each keypoint as the soft-argmax over the (2R+1)x(2R+1) heatmap cells "
+        "around its maximum (default 0: the expectation over the whole map, as the shipped "
+        "checkpoints)",
+    )
+    p.add_argument(
+        "--miss-frames",
+        choices=("skip", "keypoints"),
+        default="skip",
+        help="frames of deliberate misses (collect --miss-rate): skip them (default) or keep "
+        "them for the keypoint losses only, their actions not imitated",
     )
     p.add_argument(
         "--heatmap-weight",

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from robot_refusal.agents import Agent, check_agent, image_size, make_agent, needs_images
+from robot_refusal.agents import (
+    AGENTS,
+    Agent,
+    check_agent,
+    image_size,
+    make_agent,
+    needs_images,
+)
 from robot_refusal.envs import ENV_IDS, FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.scenarios import LABELS, SPLITS
 from robot_refusal.envs.task import COST_NAMES
@@ -167,6 +174,7 @@ def evaluate(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    keypoint_window: int | None = None,
 ) -> dict[str, Any]:
     """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
 
@@ -180,15 +188,25 @@ def evaluate(
         resume: Skip the episodes already in ``out``.
         force: Overwrite ``out``.
         progress: Show a progress bar.
+        keypoint_window: For a checkpoint, an override of its keypoint readout
+            (``VLAConfig.keypoint_window``), recorded in ``config.json`` and the summary;
+            None keeps the checkpoint's.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).
 
     Raises:
         UnknownNameError: Unknown policy, split or family.
+        ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
         RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
     """
     check_agent(policy)
+    if keypoint_window is not None:
+        if policy in AGENTS:
+            raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {policy!r}")
+        from robot_refusal.policies.configuration_vla import check_keypoint_window
+
+        check_keypoint_window(keypoint_window)
     if split not in SPLITS:
         raise UnknownNameError("split", split, SPLITS)
     families = list(dict.fromkeys(families))
@@ -201,6 +219,8 @@ def evaluate(
         "families": list(families),
         "seed": seed,
     }
+    if keypoint_window is not None:  # left out otherwise, so older run folders resume
+        config["keypoint_window"] = keypoint_window
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]
@@ -210,7 +230,7 @@ def evaluate(
         )
         for f in families
     }
-    agents = {f: make_agent(policy, envs[f]) for f in families}
+    agents = {f: make_agent(policy, envs[f], keypoint_window) for f in families}
     start = time.perf_counter()
     try:
         bar = tqdm(
@@ -229,6 +249,7 @@ def evaluate(
     summary = {
         "conditions": summarize(run.records),
         "policy": policy,
+        **({} if keypoint_window is None else {"keypoint_window": keypoint_window}),
         "direction": None,
         "seed": seed,
         "split": split,

@@ -145,6 +145,7 @@ def test_force_never_deletes_foreign_files(tmp_path: Path, capsys: pytest.Captur
         (["--out", "{tmp}/s", "--seed", "-1"], "integer >= 0"),
         (["--out", "{tmp}/f", "--families", ","], "no families"),
         (["--out", "{tmp}/r", "--resume", "--force"], "not allowed with"),
+        (["--out", "{tmp}/k", "--keypoint-window", "2"], "applies to policy checkpoints"),
     ],
 )
 def test_more_bad_input_is_one_line(
@@ -180,3 +181,22 @@ def test_corrupt_config_on_resume_is_one_line(
     (out / "config.json").write_text("{not json")
     assert main([*argv, "--out", str(out), "--resume", "--quiet"]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_eval_keypoint_window_override_is_recorded_and_guards_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``eval --keypoint-window`` reads a checkpoint's keypoints differently, records the
+    override in config.json and summary.json, and a resume with another readout is refused
+    instead of mixing the two in one run."""
+    out = tmp_path / "run"
+    argv = ["eval", "--policy", "vla-small", "--episodes", "1", "--families", "context"]
+    argv += ["--out", str(out), "--quiet"]
+    assert main([*argv, "--keypoint-window", "2"]) == 0
+    assert json.loads((out / "config.json").read_text())["keypoint_window"] == 2
+    assert json.loads((out / "summary.json").read_text())["keypoint_window"] == 2
+    capsys.readouterr()
+    assert main([*argv, "--keypoint-window", "1", "--resume"]) == 2
+    assert "keypoint_window" in capsys.readouterr().err
+    assert main([*argv, "--keypoint-window", "9", "--force"]) == 2
+    assert "keypoint_window must be in [0, 8]" in capsys.readouterr().err

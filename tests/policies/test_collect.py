@@ -20,7 +20,7 @@ import pytest
 from robot_refusal.cli import main
 from robot_refusal.envs import RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import STATE_NAMES
-from robot_refusal.errors import DatasetError
+from robot_refusal.errors import ConfigError, DatasetError
 from robot_refusal.policies.collect import STAGING, collect
 from robot_refusal.policies.dataset import DemoDataset, load_dataset
 from robot_refusal.policies.lerobot_format import (
@@ -376,7 +376,7 @@ def test_keypoint_plane_labels_footprints_and_is_recorded(ds: DemoDataset, tmp_p
     assert np.linalg.norm(a[1] - b[1]) * 63 / 2 > 2.0  # pixels
 
 
-def test_deliberate_misses_are_recorded_and_training_skips_them(
+def test_deliberate_misses_are_recorded_and_training_skips_or_masks_them(
     ds: DemoDataset, tmp_path: Path
 ) -> None:
     """``--miss-rate 1``: the harmless episode's miss frames have ``imitate`` False and
@@ -394,6 +394,40 @@ def test_deliberate_misses_are_recorded_and_training_skips_them(
     np.testing.assert_array_equal(tensors.states, miss.array("observation.state")[imitate])
     assert json.loads((out / "config.json").read_text())["miss_rate"] == 1.0
     assert ds.array("imitate").all()
+
+    # --miss-frames keypoints: every frame kept, the misses' actions masked out of the labels
+    import torch
+
+    from robot_refusal.policies.training import (
+        Batcher,
+        TrainConfig,
+        _model,
+        build_processor,
+        training_loss,
+    )
+
+    kept = load_tensors(miss, "keypoints")
+    assert len(kept.states) == len(imitate) and kept.imitate is not None
+    np.testing.assert_array_equal(kept.imitate, imitate)
+    processor = build_processor(miss, kept)
+    assert processor.actions == build_processor(miss, tensors).actions  # bins from labels only
+    batcher = Batcher(kept, processor)
+    missed = np.flatnonzero(~imitate)
+    assert (batcher.labels[missed] == -100).all()
+    assert (batcher.labels[np.flatnonzero(imitate)] != -100).any(dim=1).all()
+    config = TrainConfig(data=str(out), out=str(tmp_path / "unused"), grounded_keypoints=2)
+    model, _ = _model(config, miss, kept, None)
+    batch = batcher(missed[:8])
+    loss, token_ce, mse = training_loss(model, batch, 5.0, 2.0, 1.0)
+    assert float(token_ce.detach()) == 0.0 and mse is not None  # no action label; keypoints
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert float(model.vision_encoder.keypoint_heads.weight.grad.abs().sum()) > 0
+    assert float(model.lm_head.weight.grad.abs().sum()) == 0.0  # no action was imitated
+    with pytest.raises(ConfigError, match="miss_frames"):
+        load_tensors(miss, "all")
+    with pytest.raises(ConfigError, match="miss_frames"):
+        TrainConfig(data="d", out="o", miss_frames="both").check()
 
 
 def test_expert_tolerances_are_recorded_only_when_changed() -> None:

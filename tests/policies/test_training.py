@@ -314,3 +314,38 @@ def test_upper_plane_needs_metric_keypoints_and_another_height(tmp_path: Path) -
         with pytest.raises(ConfigError, match="metric_upper_plane_height"):
             bad.check()
     replace(config, metric_keypoints=4, metric_upper_plane_height=0.12).check()
+
+
+def test_keypoint_report_measures_the_pull_toward_the_gripper(tiny_data: Path) -> None:
+    """The keypoint report's arithmetic on a real model: with the labels rewritten so that every
+    prediction sits a quarter of the way from its target label to its gripper label (gaps of 2
+    and 8 px, alternating), the report gives pull 0.25, errors of a quarter of the gap, and
+    splits the frames at 3 px."""
+    from robot_refusal.policies.diagnostics import (
+        GRIPPER,
+        TARGET,
+        keypoint_report,
+        predicted_keypoints,
+    )
+    from tests.policies.test_vla import tiny_policy
+
+    policy = tiny_policy(grounded=2, keypoint_stride=2)
+    data = load_tensors(load_dataset(tiny_data))
+    assert data.keypoints is not None
+    half = 31.5
+    idx = np.flatnonzero(~data.refuse & (data.states[:, 7] <= 0.5))
+    pred = predicted_keypoints(policy, data, idx)[:, TARGET].astype(np.float64)
+    angle = np.random.default_rng(0).uniform(0, 2 * np.pi, len(idx))
+    gap_px = np.where(np.arange(len(idx)) % 2 == 0, 2.0, 8.0)
+    v = np.stack([np.cos(angle), np.sin(angle)], 1) * (0.75 * gap_px / half)[:, None]
+    data.keypoints[idx, GRIPPER] = pred + v  # G - T = v / 0.75, P = T + 0.25 (G - T)
+    data.keypoints[idx, TARGET] = pred - v / 3
+    report = keypoint_report(policy, data)
+    assert set(report) == {"far", "near"}  # no deliberate misses in this data
+    assert report["near"]["n"] == int((gap_px < 3).sum()) and report["far"]["n"] == int(
+        (gap_px >= 3).sum()
+    )
+    for group, gap in (("near", 2.0), ("far", 8.0)):
+        assert report[group]["pull"] == pytest.approx(0.25, abs=1e-4)
+        assert report[group]["gap_px"] == pytest.approx(gap, rel=1e-4)
+        assert report[group]["median_px"] == pytest.approx(0.25 * gap, rel=1e-4)

@@ -385,3 +385,68 @@ def test_upper_plane_cuts_carry_points_above_the_table(tmp_path: Path, obs: dict
     again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     assert again.model.config.metric_upper_plane_height == 0.12
     assert torch.equal(again.model(**inputs).logits, logits)
+
+
+def test_local_soft_argmax_reads_the_strongest_mode_to_a_fraction_of_a_cell() -> None:
+    """Two Gaussian blobs on a 32x32 map: the whole-map expectation lands between them, on
+    neither object; the local soft-argmax lands on the stronger one within 0.05 cells, at an
+    off-grid centre."""
+    from robot_refusal.policies.modeling_vla import cell_centres, local_soft_argmax
+
+    like = torch.zeros(1, dtype=torch.float64)
+    xs = ys = cell_centres(32, 64, like)
+    step = float(xs[1] - xs[0])
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    strong, weak = (float(xs[8]) + 0.3 * step, float(ys[20]) - 0.4 * step), (xs[24], ys[6])
+
+    def blob(cx: float, cy: float) -> torch.Tensor:
+        return torch.exp(-0.5 * ((grid_x - cx) ** 2 + (grid_y - cy) ** 2) / step**2)
+
+    prob = 0.6 * blob(*strong) + 0.4 * blob(float(weak[0]), float(weak[1]))
+    logits = prob.clamp(min=1e-12).log()[None, None]  # (1, 1, 32, 32)
+    mean = (logits.flatten(2).softmax(-1) @ torch.stack([grid_x, grid_y], -1).reshape(-1, 2))[0, 0]
+    local = local_soft_argmax(logits, xs, ys, radius=2)[0, 0]
+    assert abs(float(mean[0]) - strong[0]) > 4 * step  # the expectation is pulled off
+    assert abs(float(local[0]) - strong[0]) < 0.05 * step
+    assert abs(float(local[1]) - strong[1]) < 0.05 * step
+    # the window's contents are differentiable: the keypoint loss can train through it
+    logits.requires_grad_(True)
+    local_soft_argmax(logits, xs, ys, radius=2).sum().backward()
+    assert logits.grad is not None
+    assert int((logits.grad[0, 0] != 0).sum()) == 25  # the 5x5 window, nothing else
+
+
+def test_keypoint_window_is_a_config_setting_and_a_load_override(tmp_path: Path, obs: dict) -> None:
+    """The readout changes the keypoints but no weight: a checkpoint saved with window 0
+    loads with window 2 (override), saves it, and loads it back identically; bad windows are
+    typed errors."""
+    for bad in (-1, 9, 1.5, True):
+        with pytest.raises(ConfigError, match="keypoint_window"):
+            VLAConfig(keypoint_window=bad)
+    assert VLAConfig().keypoint_window == 0  # older config.json files read out as before
+    pol = tiny_policy(grounded=2, keypoint_stride=2)
+    inputs = pol.processor([obs])
+    with torch.no_grad():
+        whole = pol.model(**inputs)
+    pol.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match="keypoint_window"):
+        VLAPolicy.from_pretrained(tmp_path / "ckpt", keypoint_window=20)
+    local = VLAPolicy.from_pretrained(tmp_path / "ckpt", keypoint_window=2)
+    assert local.model.config.keypoint_window == 2
+    with torch.no_grad():
+        out = local.model(**inputs)
+    assert torch.equal(out.heatmap_logits, whole.heatmap_logits)  # same weights, same maps
+    assert not torch.equal(out.keypoints, whole.keypoints)  # read out differently
+    # each local keypoint lies within 2 cells (4 px) of its heatmap's maximum
+    peak = out.heatmap_logits.flatten(2).argmax(-1)
+    from robot_refusal.policies.modeling_vla import cell_centres
+
+    centres = cell_centres(32, 64, out.keypoints)
+    step = float(centres[1] - centres[0])
+    assert (out.keypoints[..., 0] - centres[peak % 32]).abs().max() <= 2 * step + 1e-6
+    assert (out.keypoints[..., 1] - centres[peak // 32]).abs().max() <= 2 * step + 1e-6
+    local.save_pretrained(tmp_path / "local")
+    again = VLAPolicy.from_pretrained(tmp_path / "local")
+    assert again.model.config.keypoint_window == 2
+    with torch.no_grad():
+        assert torch.equal(again.model(**inputs).logits, out.logits)
