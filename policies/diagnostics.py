@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from robot_refusal.errors import RobotRefusalError
 from robot_refusal.policies.dataset import load_dataset
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.training import Tensors, load_tensors
@@ -58,7 +59,8 @@ def heading_report(policy: VLAPolicy, data: Tensors) -> dict[str, float]:
     Returns:
         ``first_frame`` (episode starts), ``moving_before_grasp``, ``moving_holding`` (frames
         where the expert moves faster than :data:`FAST`), and ``refusal_accuracy`` on first
-        frames (refused iff the expert refused).
+        frames (refused iff the expert refused); NaN where no frame qualifies (the first
+        frames of deliberate misses carry no action label).
     """
     idx = np.flatnonzero(~data.refuse & data.labelled)
     pred, label = predicted_deltas(policy, data, idx), data.actions[idx, :3].astype(np.float64)
@@ -163,13 +165,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("dataset")
+    p.add_argument(
+        "--keypoint-window",
+        type=int,
+        default=None,
+        metavar="R",
+        help="read the checkpoint's keypoints with this window (VLAConfig.keypoint_window)",
+    )
     args = p.parse_args(argv)
-    policy = VLAPolicy.from_pretrained(args.checkpoint)
-    data = load_tensors(load_dataset(args.dataset), miss_frames="keypoints")
+    try:
+        policy = VLAPolicy.from_pretrained(args.checkpoint, keypoint_window=args.keypoint_window)
+        data = load_tensors(load_dataset(args.dataset), miss_frames="keypoints")
+    except RobotRefusalError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     report: dict[str, object] = {"heading": heading_report(policy, data)}
     if data.keypoints is not None:
         report["target_keypoint"] = keypoint_report(policy, data)
-    print(json.dumps(report, indent=2))
+    print(json.dumps(_nan_to_null(report), indent=2))
+
+
+def _nan_to_null(value: object) -> object:
+    """``value`` with every float NaN replaced by None (JSON null: a figure with no frames,
+    e.g. ``first_frame`` on data whose first frames are all deliberate misses)."""
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 if __name__ == "__main__":

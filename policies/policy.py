@@ -132,7 +132,13 @@ class VLAPolicy:
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write weights (safetensors), config and processor files into ``folder``."""
-        self.model.save_pretrained(folder, safe_serialization=True)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one small file: no "Writing model shards" bar
+        try:
+            self.model.save_pretrained(folder, safe_serialization=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.processor.save_pretrained(folder)
 
     # -- LeRobot-style API ----------------------------------------------------------------------

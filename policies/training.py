@@ -572,7 +572,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 
     Raises:
         ConfigError: Bad settings. DatasetError: Bad dataset folder.
-        RunFolderError: ``out`` exists without ``resume``, or ``resume`` finds no run there.
+        RunFolderError: ``out`` exists without ``resume``, ``resume`` finds no run there, or
+            the run there was started with other settings (see :data:`RESUMABLE_CHANGES`).
     """
     config.check()
     out, last = Path(config.out), Path(config.out) / LAST
@@ -580,6 +581,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         raise RunFolderError(f"{out} already exists; pass --resume to continue training")
     if resume and not (last / STATE_FILE).is_file():
         raise RunFolderError(f"nothing to resume in {out} (no {LAST}/{STATE_FILE})")
+    if resume:
+        _check_resume_config(last, config)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     ds = load_dataset(config.data)
@@ -628,7 +631,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             bar.set_postfix(
                 loss=f"{metrics['val_loss']:.3f}", acc=f"{metrics['val_token_acc']:.3f}"
             )
-            _save_last(last, model, processor, opt, sched, gen, step, metrics["seconds"], history)
+            _save_last(
+                last, model, processor, opt, sched, gen, step, metrics["seconds"], history, config
+            )
     bar.close()
     VLAPolicy(model, processor).save_pretrained(out)
     result = {
@@ -687,6 +692,29 @@ def scene_camera(image_size: tuple[int, int]) -> list[float]:
     return PyBulletSim.unprojection(w, h, CAMERA_EYE, CAMERA_TARGET).reshape(-1).tolist()
 
 
+RESUMABLE_CHANGES = ("threads", "eval_every")
+"""TrainConfig fields a resumed run may change; any other difference is refused."""
+
+
+def _check_resume_config(last: Path, config: TrainConfig) -> None:
+    """Raise :class:`RunFolderError` if ``config`` differs from the settings the run in
+    ``last`` was started with (other than :data:`RESUMABLE_CHANGES`); runs saved before the
+    settings were recorded are not checked."""
+    state = torch.load(last / STATE_FILE, weights_only=True)
+    if "config" not in state:
+        return
+    old, new = json.loads(state["config"]), asdict(config)
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)
+    )
+    if diff:
+        was = ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in diff)
+        raise RunFolderError(
+            f"cannot resume {last.parent}: it was started with {was}; resume with the same "
+            "settings, or train into a new --out"
+        )
+
+
 def _restore(
     last: Path, opt: torch.optim.Optimizer, sched: Any, gen: np.random.Generator
 ) -> tuple[int, float, list[dict[str, float]]]:
@@ -708,8 +736,10 @@ def _save_last(
     step: int,
     seconds: float,
     history: list[dict[str, float]],
+    config: TrainConfig,
 ) -> None:
-    """Write the resumable checkpoint (weights first, then the state file atomically)."""
+    """Write the resumable checkpoint (weights first, then the state file atomically), with
+    the run's settings so that a resume can refuse different ones."""
     VLAPolicy(model, processor).save_pretrained(last)
     model.train()  # the policy wrapper switched it to eval mode
     tmp = last / (STATE_FILE + ".tmp")
@@ -721,6 +751,7 @@ def _save_last(
             "step": step,
             "seconds": seconds,
             "history": json.dumps(history),
+            "config": json.dumps(asdict(config)),
         },
         tmp,
     )

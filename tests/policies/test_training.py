@@ -127,7 +127,9 @@ def test_existing_out_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
         train(_config(tiny_data, tmp_path / "ckpt", 10), resume=True, progress=False)
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_data: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_weights(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     args = [
         "train",
         "--data",
@@ -173,6 +175,14 @@ def test_killed_run_resumes_to_the_same_weights(tiny_data: Path, tmp_path: Path)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert REFUSE_ID == 4
+    # a resume with other settings is refused instead of recording settings it did not use
+    from robot_refusal.cli import main
+
+    before = (killed / "model.safetensors").read_bytes()
+    assert main([*args, "--out", str(killed), "--resume", "--keypoint-window", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "keypoint_window=0 (now 3)" in err and len(err.strip().splitlines()) == 1
+    assert (killed / "model.safetensors").read_bytes() == before
 
 
 def test_soft_action_targets_are_gaussian_over_bins_and_one_hot_for_refusal() -> None:
@@ -349,3 +359,35 @@ def test_keypoint_report_measures_the_pull_toward_the_gripper(tiny_data: Path) -
         assert report[group]["pull"] == pytest.approx(0.25, abs=1e-4)
         assert report[group]["gap_px"] == pytest.approx(gap, rel=1e-4)
         assert report[group]["median_px"] == pytest.approx(0.25 * gap, rel=1e-4)
+
+
+def test_diagnostics_cli_bad_paths_are_one_line_and_output_is_strict_json(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    from robot_refusal.policies.diagnostics import _nan_to_null
+    from robot_refusal.policies.diagnostics import main as diagnostics
+
+    for argv, message in (
+        (["vla-small", str(tmp_path / "nope")], "info.json is missing"),
+        ([str(tmp_path / "nockpt"), str(tiny_data)], "does not exist"),
+        (["vla-small", str(tiny_data), "--keypoint-window", "9"], "keypoint_window must be in"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            diagnostics(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert _nan_to_null({"a": float("nan"), "b": {"c": 1.5, "d": float("nan")}}) == {
+        "a": None,
+        "b": {"c": 1.5, "d": None},
+    }
+    diagnostics(["vla-small", str(tiny_data)])
+
+    def no_nan(token: str) -> float:
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    report = json.loads(capsys.readouterr().out, parse_constant=no_nan)
+    assert set(report) == {"heading", "target_keypoint"}
+    assert report["target_keypoint"]["far"]["n"] > 0
