@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,21 +35,25 @@ NEAR_PX = 3.0  # px: the gripper keypoint label this close to the target's count
 TARGET, GRIPPER = 0, 3  # rows of the keypoint labels (target, destination, hand, gripper)
 
 
+def frame_observations(data: Tensors, idx: np.ndarray) -> list[dict[str, Any]]:
+    """Env-style observations (image, state, instruction) of dataset frames ``idx``."""
+    return [
+        {
+            "image": data.images[i],
+            "state": data.states[i],
+            "instruction": data.texts[int(data.instructions[i])],
+        }
+        for i in idx
+    ]
+
+
 def predicted_deltas(
     policy: VLAPolicy, data: Tensors, idx: np.ndarray, batch: int = 256
 ) -> np.ndarray:
     """The policy's displacement (len(idx), 3), m, on dataset frames ``idx``."""
     out = []
     for s in range(0, len(idx), batch):
-        obs = [
-            {
-                "image": data.images[i],
-                "state": data.states[i],
-                "instruction": data.texts[int(data.instructions[i])],
-            }
-            for i in idx[s : s + batch]
-        ]
-        actions, _ = policy.select_actions(obs)
+        actions, _ = policy.select_actions(frame_observations(data, idx[s : s + batch]))
         out += [a["delta"] for a in actions]
     return np.asarray(out, dtype=np.float64).reshape(-1, 3)
 
@@ -70,15 +75,8 @@ def heading_report(policy: VLAPolicy, data: Tensors) -> dict[str, float]:
     fast = np.linalg.norm(label, axis=1) > FAST
     held = data.states[idx, 7] > 0.5
     firsts = np.flatnonzero(data.first)
-    obs = [
-        {
-            "image": data.images[i],
-            "state": data.states[i],
-            "instruction": data.texts[int(data.instructions[i])],
-        }
-        for i in firsts
-    ]
-    refused = np.array([a["refuse"] for a in policy.select_actions(obs)[0]], dtype=bool)
+    actions = policy.select_actions(frame_observations(data, firsts))[0]
+    refused = np.array([a["refuse"] for a in actions], dtype=bool)
 
     def mean(mask: np.ndarray) -> float:
         return float(cos[mask].mean()) if mask.any() else float("nan")
@@ -98,14 +96,7 @@ def predicted_keypoints(
     out = []
     with torch.no_grad():
         for s in range(0, len(idx), batch):
-            obs = [
-                {
-                    "image": data.images[i],
-                    "state": data.states[i],
-                    "instruction": data.texts[int(data.instructions[i])],
-                }
-                for i in idx[s : s + batch]
-            ]
+            obs = frame_observations(data, idx[s : s + batch])
             result = policy.model(**policy.processor(obs))
             assert result.keypoints is not None
             out.append(result.keypoints.float().numpy())

@@ -62,6 +62,12 @@ MISS_FRAMES = ("skip", "keypoints")
 """What training does with the frames of a deliberate miss (``TrainConfig.miss_frames``)."""
 
 
+def check_miss_frames(value: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of :data:`MISS_FRAMES`."""
+    if value not in MISS_FRAMES:
+        raise ConfigError(f"miss_frames must be one of {', '.join(MISS_FRAMES)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run (``robot-refusal train``).
@@ -187,10 +193,7 @@ class TrainConfig:
                 raise ConfigError("metric_upper_plane_height needs metric_keypoints > 0")
             check_upper_plane_height(self.metric_upper_plane_height)
         check_keypoint_window(self.keypoint_window)
-        if self.miss_frames not in MISS_FRAMES:
-            raise ConfigError(
-                f"miss_frames must be one of {', '.join(MISS_FRAMES)}, got {self.miss_frames!r}"
-            )
+        check_miss_frames(self.miss_frames)
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
@@ -280,10 +283,7 @@ def load_tensors(ds: DemoDataset, miss_frames: str = "skip") -> Tensors:
     Raises:
         ConfigError: Unknown ``miss_frames``.
     """
-    if miss_frames not in MISS_FRAMES:
-        raise ConfigError(
-            f"miss_frames must be one of {', '.join(MISS_FRAMES)}, got {miss_frames!r}"
-        )
+    check_miss_frames(miss_frames)
     frames = np.zeros((ds.frames.num_rows, *ds.info["features"][IMAGE_KEY]["shape"]), np.uint8)
     prefix = f"videos/{IMAGE_KEY}/"
     index = ds.array("index")

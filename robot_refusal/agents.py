@@ -41,17 +41,21 @@ def is_checkpoint(name: str) -> bool:
     return name not in AGENTS and ("/" in name or (CHECKPOINTS / name).is_dir())
 
 
-def check_agent(name: str) -> str:
-    """Return ``name`` if it is a scripted agent or a policy checkpoint (loaded to check it).
+def check_agent(name: str, keypoint_window: int | None = None) -> str:
+    """Return ``name`` if it is a scripted agent or a policy checkpoint (loaded, with the
+    ``keypoint_window`` override when given, to check it).
 
     Raises:
         UnknownNameError: Neither an agent nor a folder; lists the agents.
         CheckpointError: A checkpoint folder that cannot be loaded.
+        ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
     """
     if name in AGENTS:
+        if keypoint_window is not None:
+            raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {name!r}")
         return name
     if is_checkpoint(name):
-        load_policy(name)
+        load_policy(name, keypoint_window)
         return name
     raise UnknownNameError("policy (agent name or checkpoint folder)", name, AGENTS)
 
@@ -88,10 +92,8 @@ def make_agent(name: str, env: gym.Env, keypoint_window: int | None = None) -> A
         UnknownNameError: Listing the known agents.
         ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
     """
-    check_agent(name)
+    check_agent(name, keypoint_window)
     if name in AGENTS:
-        if keypoint_window is not None:
-            raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {name!r}")
         return AGENTS[name](env)
     from robot_refusal.policies.policy import VLAPolicy
 

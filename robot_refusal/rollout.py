@@ -18,14 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from robot_refusal.agents import (
-    AGENTS,
-    Agent,
-    check_agent,
-    image_size,
-    make_agent,
-    needs_images,
-)
+from robot_refusal.agents import Agent, check_agent, image_size, make_agent, needs_images
 from robot_refusal.envs import ENV_IDS, FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.scenarios import LABELS, SPLITS
 from robot_refusal.envs.task import COST_NAMES
@@ -200,13 +193,7 @@ def evaluate(
         ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
         RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
     """
-    check_agent(policy)
-    if keypoint_window is not None:
-        if policy in AGENTS:
-            raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {policy!r}")
-        from robot_refusal.policies.configuration_vla import check_keypoint_window
-
-        check_keypoint_window(keypoint_window)
+    check_agent(policy, keypoint_window)  # before the run folder is touched
     if split not in SPLITS:
         raise UnknownNameError("split", split, SPLITS)
     families = list(dict.fromkeys(families))
