@@ -317,6 +317,10 @@ class ScriptedExpert:
             return HAZARD_DISTANCE + HAZARD_MARGIN
         return ZONE_RADIUS + SAFE_MARGIN
 
+    def _path_radius(self, dest: np.ndarray) -> float:
+        """Clearance (m) from the person's arm that a transfer to ``dest`` (3,) keeps."""
+        return self._carry_radius()
+
     def _near_person(self, point: np.ndarray) -> bool:
         sc = self.env.scenario
         assert sc is not None and self.env.robot is not None
@@ -393,7 +397,8 @@ class ScriptedExpert:
         if straight:
             waypoints, detour = [dest[:2]], False
         else:
-            waypoints, detour = plan_path(self._ee(), dest, sc.person, self._carry_radius())
+            radius = self._path_radius(np.asarray(dest, float))
+            waypoints, detour = plan_path(self._ee(), dest, sc.person, radius)
         for wp in waypoints:
             target = np.array([wp[0], wp[1], z])
             for action in self._move(target, grip, careful=not straight):

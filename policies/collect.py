@@ -5,8 +5,10 @@ Stages:
 1. Plan: :func:`robot_refusal.rollout.plan_episodes` (episodes per family *and* label, derived
    seeds). Harmful episodes are one frame each, the expert's refusal: the demonstration of the
    ``refuse`` action.
-2. Record: every planned episode runs with :class:`~robot_refusal.envs.ScriptedExpert`; its
-   frames go into one parquet file ``staging/<family>.<label>.<index>.parquet``, written to a
+2. Record: every planned episode runs with :class:`~robot_refusal.envs.ScriptedExpert` (or,
+   with ``--learner``, with a policy acting and the replanning expert labelling: DAgger, see
+   :mod:`robot_refusal.policies.dagger`); its frames go into one parquet file
+   ``staging/<family>.<label>.<index>.parquet``, written to a
    temporary name and renamed, so that a file there is always a whole episode.
 3. Consolidate: the staged episodes, in plan order, become the v3.0 files of
    :mod:`robot_refusal.policies.lerobot_format`; ``meta/info.json`` is written last.
@@ -36,7 +38,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from robot_refusal.agents import Agent
+from robot_refusal.agents import Agent, check_agent, image_size, is_checkpoint, make_agent
 from robot_refusal.envs import FAMILIES, RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import check_keypoint_plane, validate_action
 from robot_refusal.envs.expert import (
@@ -46,9 +48,11 @@ from robot_refusal.envs.expert import (
     PerturbedExpert,
     check_expert_settings,
 )
+from robot_refusal.envs.replanning import ReplanningExpert
 from robot_refusal.envs.scenarios import SPLITS
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
+from robot_refusal.policies.dagger import DAggerAgent, check_beta
 from robot_refusal.policies.dataset import read_json, read_parquet
 from robot_refusal.policies.lerobot_format import (
     CODEBASE_VERSION,
@@ -109,6 +113,12 @@ class CollectConfig:
         miss_rate: Share of harmless episodes whose first grasp the expert misses on purpose
             and recovers from (``ScriptedExpert(miss_rate=)``; the miss's frames are recorded
             with ``imitate`` False); 0, the default, is left out of ``config.json``.
+        learner: DAgger (:mod:`robot_refusal.policies.dagger`): a policy checkpoint that
+            acts while :class:`~robot_refusal.envs.replanning.ReplanningExpert` labels every
+            state it reaches; None (the default, left out of ``config.json``): the scripted
+            expert acts and labels.
+        beta: With ``learner``, the probability that the expert's action is executed at a
+            step instead of the learner's (the DAgger mixture); 0: the learner alone.
         keypoint_plane: None (the shipped checkpoints' data, left out of ``config.json``):
             the keypoint labels are the task points; a height (m): the target, destination and
             hand labels are their footprints at that height
@@ -126,6 +136,8 @@ class CollectConfig:
     slow_band: float = SLOW_BAND
     keypoint_plane: float | None = None
     miss_rate: float = 0.0
+    learner: str | None = None
+    beta: float = 0.0
 
     def plan(self) -> list[EpisodeSpec]:
         """The planned episodes.
@@ -135,7 +147,10 @@ class CollectConfig:
             DatasetError: For an empty family list.
             ConfigError: If ``episodes`` or ``image_size`` is < 1 or ``seed`` < 0, a band is
                 outside its range (``slow_band``: [0.22, 0.4] m), ``keypoint_plane`` is
-                outside [0, 0.5] m, or ``miss_rate`` is outside [0, 1].
+                outside [0, 0.5] m, ``miss_rate`` or ``beta`` is outside [0, 1], or a
+                ``learner`` comes with ``action_noise``, ``miss_rate`` or another image size
+                than its own.
+            CheckpointError: ``learner`` cannot be loaded.
         """
         if self.split not in SPLITS:
             raise UnknownNameError("split", self.split, SPLITS)
@@ -147,7 +162,27 @@ class CollectConfig:
             self.release_tolerance, self.grasp_tolerance, self.slow_band, self.miss_rate
         )
         check_keypoint_plane(self.keypoint_plane)
+        if self.learner is not None:
+            self._check_learner()
         return plan_episodes(self.families, self.episodes, self.seed)
+
+    def _check_learner(self) -> None:
+        assert self.learner is not None
+        check_beta(self.beta)
+        if self.action_noise or self.miss_rate:
+            raise ConfigError(
+                "a DAgger collection (learner) takes no action_noise or miss_rate: the learner "
+                "makes its own mistakes"
+            )
+        if not is_checkpoint(self.learner):
+            raise ConfigError(f"learner must be a policy checkpoint, got {self.learner!r}")
+        check_agent(self.learner)
+        size = image_size(self.learner)
+        if size != (self.image_size, self.image_size):
+            raise ConfigError(
+                f"learner {self.learner} reads {size[0]}x{size[1]} images; collect with "
+                f"--image-size {size[0]}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings for ``config.json``."""
@@ -162,9 +197,11 @@ class CollectConfig:
             del settings["keypoint_plane"]
         if self.miss_rate == 0:
             del settings["miss_rate"]
+        if self.learner is None:
+            del settings["learner"], settings["beta"]
         return {
             "command": "collect",
-            "policy": "expert",
+            "policy": "expert" if self.learner is None else "dagger",
             "codebase_version": CODEBASE_VERSION,
             **settings,
             "families": list(self.families),
@@ -308,7 +345,9 @@ def _remove_partial(root: Path) -> None:
 def record_episodes(
     root: Path, todo: Sequence[EpisodeSpec], config: CollectConfig, bar: tqdm
 ) -> None:
-    """Run and stage each episode of ``todo`` with the scripted expert (one env per family)."""
+    """Run and stage each episode of ``todo`` with the scripted expert, or for a DAgger
+    collection with the learner acting and the replanning expert labelling (one env and one
+    agent per family)."""
     size = (config.image_size, config.image_size)
     envs: dict[str, RobotRefusalEnv] = {}
     agents: dict[str, Agent] = {}
@@ -321,16 +360,7 @@ def record_episodes(
                     image_size=size,
                     keypoint_plane=config.keypoint_plane,
                 )
-                expert = ScriptedExpert(
-                    env,
-                    config.release_tolerance,
-                    config.grasp_tolerance,
-                    config.slow_band,
-                    config.miss_rate,
-                )
-                agent: Agent = (
-                    PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
-                )
+                agent = _make_collector(env, config)
                 envs[spec.family], agents[spec.family] = env, agent
             recorder = EpisodeRecorder()
             record = run_episode(envs[spec.family], agents[spec.family], spec, on_step=recorder)
@@ -339,6 +369,24 @@ def record_episodes(
     finally:
         for env in envs.values():
             env.close()
+
+
+def _make_collector(env: RobotRefusalEnv, config: CollectConfig) -> Agent:
+    """The agent that acts and labels: the scripted expert (perturbed with DART noise when
+    ``action_noise``), or for a DAgger collection the learner labelled by the replanning
+    expert."""
+    if config.learner is not None:
+        bands = (config.release_tolerance, config.grasp_tolerance, config.slow_band)
+        learner = make_agent(config.learner, env)
+        return DAggerAgent(ReplanningExpert(env, *bands), learner, config.beta)
+    expert = ScriptedExpert(
+        env,
+        config.release_tolerance,
+        config.grasp_tolerance,
+        config.slow_band,
+        config.miss_rate,
+    )
+    return PerturbedExpert(expert, config.action_noise) if config.action_noise else expert
 
 
 # -- consolidation ---------------------------------------------------------------------------
@@ -457,6 +505,8 @@ def collect(
     slow_band: float = SLOW_BAND,
     keypoint_plane: float | None = None,
     miss_rate: float = 0.0,
+    learner: str | None = None,
+    beta: float = 0.0,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -478,6 +528,9 @@ def collect(
             at this height (m); None: by the points themselves.
         miss_rate: Share of harmless episodes with a deliberately missed first grasp and its
             recovery (the miss's frames recorded with ``imitate`` False).
+        learner: DAgger: a policy checkpoint that acts while the replanning expert labels
+            (see :class:`CollectConfig`); None: the scripted expert acts.
+        beta: With ``learner``, the share of steps on which the expert's action runs.
         resume: Continue an interrupted collection in ``out`` (same settings required).
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
@@ -503,6 +556,8 @@ def collect(
         slow_band,
         keypoint_plane,
         miss_rate,
+        learner,
+        beta,
     )
     plan = config.plan()
     owned = ("meta", "data", "videos", STAGING)
@@ -516,7 +571,7 @@ def collect(
     with tqdm(
         total=len(plan),
         initial=len(plan) - len(todo),
-        desc="collect expert",
+        desc="collect expert" if learner is None else "collect dagger",
         unit="ep",
         disable=not progress,
     ) as bar:

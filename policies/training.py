@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,13 @@ class TrainConfig:
             (``VLAConfig.keypoint_window``): 0 (the shipped checkpoints), the expectation over
             the whole map; r > 0, the soft-argmax over the (2r+1)^2 cells around the maximum.
             The squared-error keypoint loss then trains that readout.
+        extra_data: More dataset folders trained on together with ``data`` (DAgger's
+            aggregate: ``collect --learner`` output; see :mod:`robot_refusal.policies.dagger`).
+            Normalisation statistics come from ``data``; instructions are merged by text.
+        init_from: Start from this checkpoint's weights and processor (its tokenizer, action
+            bins and normalisation; fine-tuning, e.g. a DAgger iteration from its learner)
+            instead of a fresh model; the decoder-size and keypoint-architecture settings are
+            then the checkpoint's own. Optimizer and schedule start fresh. None: a new model.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -154,6 +162,8 @@ class TrainConfig:
     heatmap_weight: float = 0.0
     keypoint_window: int = 0
     miss_frames: str = "skip"
+    extra_data: tuple[str, ...] = ()
+    init_from: str | None = None
     eval_every: int = 500
     threads: int = 2
 
@@ -330,6 +340,62 @@ def load_tensors(ds: DemoDataset, miss_frames: str = "skip") -> Tensors:
             else:
                 tensors.imitate = imitate
     return tensors
+
+
+def concat_tensors(parts: Sequence[Tensors]) -> Tensors:
+    """The frames of several datasets as one (DAgger's aggregate), in order.
+
+    Task indices are re-numbered by instruction text (each dataset numbers its own tasks);
+    episode indices are offset so that they stay distinct. Keypoint labels and subgoals are
+    kept only if every part has them; ``imitate`` is kept if any part has it (True for the
+    frames of parts without it).
+
+    Raises:
+        DatasetError: No parts, or parts with different image shapes or keypoint counts.
+    """
+    if not parts:
+        raise DatasetError("no datasets to concatenate")
+    if len(parts) == 1:
+        return parts[0]
+    shapes = {p.images.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise DatasetError(f"the datasets hold images of different shapes: {sorted(shapes)}")
+    texts: dict[str, int] = {}
+    instructions, episodes, offset = [], [], 0
+    for part in parts:
+        remap = {k: texts.setdefault(t, len(texts)) for k, t in sorted(part.texts.items())}
+        lookup = np.zeros(max(part.texts, default=0) + 1, np.int64)
+        for k, v in remap.items():
+            lookup[k] = v
+        instructions.append(lookup[part.instructions])
+        episodes.append(part.episode + offset)
+        offset += int(part.episode.max()) + 1 if len(part.episode) else 0
+
+    def joined(name: str) -> np.ndarray | None:
+        values = [getattr(p, name) for p in parts]
+        if any(v is None for v in values):
+            return None
+        shapes = {v.shape[1:] for v in values}
+        if len(shapes) > 1:
+            raise DatasetError(f"the datasets' {name} have different shapes: {sorted(shapes)}")
+        return np.concatenate(values)
+
+    imitate = None
+    if any(p.imitate is not None for p in parts):
+        imitate = np.concatenate([p.labelled for p in parts])
+    return Tensors(
+        images=np.concatenate([p.images for p in parts]),
+        states=np.concatenate([p.states for p in parts]),
+        instructions=np.concatenate(instructions),
+        texts={v: k for k, v in texts.items()},
+        actions=np.concatenate([p.actions for p in parts]),
+        refuse=np.concatenate([p.refuse for p in parts]),
+        first=np.concatenate([p.first for p in parts]),
+        episode=np.concatenate(episodes),
+        keypoints=joined("keypoints"),
+        subgoals=joined("subgoals"),
+        imitate=imitate,
+    )
 
 
 def build_processor(
@@ -586,10 +652,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     ds = load_dataset(config.data)
+    extra = [load_dataset(p) for p in config.extra_data]  # metadata first: fail fast
+    init = None
+    if config.init_from is not None and not resume:
+        init = VLAPolicy.from_pretrained(config.init_from)
+        _check_image_size(init, ds, config.init_from)
     data = load_tensors(ds, config.miss_frames)
+    if extra:
+        data = concat_tensors([data, *(load_tensors(e, config.miss_frames) for e in extra)])
     val = load_tensors(load_dataset(config.val_data)) if config.val_data else None
     data, val = _split(data, val)
-    model, processor = _model(config, ds, data, last if resume else None)
+    model, processor = _model(config, ds, data, last if resume else None, init)
     train_b, val_b = Batcher(data, processor), Batcher(val, processor)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, config.warmup_steps, config.steps)
@@ -648,13 +721,30 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     return result
 
 
+def _check_image_size(policy: VLAPolicy, ds: DemoDataset, name: str) -> None:
+    """Raise :class:`ConfigError` if checkpoint ``name`` reads other images than ``ds`` holds."""
+    size = tuple(ds.info["features"][IMAGE_KEY]["shape"][:2])
+    if policy.processor.image_size != size:
+        raise ConfigError(
+            f"{name} reads {policy.processor.image_size[0]}x{policy.processor.image_size[1]} "
+            f"images, the dataset holds {size[0]}x{size[1]}"
+        )
+
+
 def _model(
-    config: TrainConfig, ds: DemoDataset, data: Tensors, last: Path | None
+    config: TrainConfig,
+    ds: DemoDataset,
+    data: Tensors,
+    last: Path | None,
+    init: VLAPolicy | None = None,
 ) -> tuple[VLAForActionPrediction, VLAProcessor]:
-    """The model and processor: loaded from ``last`` when resuming, else built fresh."""
+    """The model and processor: loaded from ``last`` when resuming, ``init`` when
+    fine-tuning (``TrainConfig.init_from``), else built fresh."""
     if last is not None:
         policy = VLAPolicy.from_pretrained(last)
         return policy.model.train(), policy.processor
+    if init is not None:
+        return init.model.train(), init.processor
     processor = build_processor(ds, data, action_space=config.action_space)
     model = VLAForActionPrediction(
         VLAConfig(
@@ -703,7 +793,7 @@ def _check_resume_config(last: Path, config: TrainConfig) -> None:
     state = torch.load(last / STATE_FILE, weights_only=True)
     if "config" not in state:
         return
-    old, new = json.loads(state["config"]), asdict(config)
+    old, new = json.loads(state["config"]), json.loads(json.dumps(asdict(config)))
     diff = sorted(
         k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)
     )

@@ -111,9 +111,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
         slow_band=args.slow_band,
         keypoint_plane=args.keypoint_plane,
         miss_rate=args.miss_rate,
+        learner=args.learner,
+        beta=args.beta,
         **_run_kwargs(args),
     )
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
+    if args.learner is not None:
+        from robot_refusal.policies.dataset import load_dataset
+
+        eps = load_dataset(args.out).episodes
+        harmless = [r for r in eps.to_pylist() if r["label"] == "harmless"]
+        won = sum(bool(r["is_success"]) for r in harmless)
+        print(f"learner {args.learner}: harmless success {won}/{len(harmless)} (train split)")
     return 0
 
 
@@ -143,6 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         keypoint_stride=args.keypoint_stride,
         keypoint_window=args.keypoint_window,
         miss_frames=args.miss_frames,
+        extra_data=tuple(args.extra_data or ()),
+        init_from=args.init,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -357,6 +368,22 @@ def build_parser() -> argparse.ArgumentParser:
         "height (m; 0.02 is the metric token's table plane, so a tall object's or the "
         "handover point's label cuts to its true x, y); default: the points themselves",
     )
+    p.add_argument(
+        "--learner",
+        default=None,
+        metavar="CKPT",
+        help="DAgger: this policy checkpoint acts and the scripted expert, re-planned from "
+        "each state it reaches, labels (train on the result with `train --extra-data`); "
+        "default: the expert acts",
+    )
+    p.add_argument(
+        "--beta",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with --learner, the probability that the expert's action runs at a step instead "
+        "of the learner's (default 0: the learner alone)",
+    )
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser(
@@ -364,6 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="dataset folder from `collect`")
     p.add_argument("--val-data", default=None, help="validation dataset folder (optional)")
+    p.add_argument(
+        "--extra-data",
+        action="append",
+        metavar="DIR",
+        help="another dataset folder to train on as well (repeatable; DAgger: the output of "
+        "`collect --learner`); normalisation comes from --data",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="start from this checkpoint's weights and processor (fine-tuning; the decoder "
+        "and keypoint-head settings are then the checkpoint's own) instead of a new model",
+    )
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--seed", type=_non_negative, default=0, help="seed (default: 0)")
     p.add_argument("--steps", type=_positive, default=6000, help="optimizer steps")

@@ -185,6 +185,41 @@ def test_killed_run_resumes_to_the_same_weights(
     assert (killed / "model.safetensors").read_bytes() == before
 
 
+def test_init_from_fine_tunes_a_checkpoint_on_aggregated_data(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``init_from`` starts from the checkpoint's weights and processor (a step with a
+    vanishing learning rate leaves both as they were, although the new run's own settings
+    would build another model); ``extra_data`` adds the second dataset's frames; the run's
+    settings, extra datasets included, pass the resume check."""
+    from robot_refusal.policies.training import _check_resume_config
+
+    base = tmp_path / "base"
+    train(_config(tiny_data, base, 30), progress=False)
+    config = replace(
+        _config(tiny_data, tmp_path / "tuned", 1),
+        hidden_size=64,  # ignored: the checkpoint's architecture is kept
+        lr=1e-12,
+        warmup_steps=0,
+        eval_every=1,
+        extra_data=(str(tiny_data),),
+        init_from=str(base),
+    )
+    result = train(config, progress=False)
+    frames = len(load_tensors(load_dataset(tiny_data)).states)
+    assert result["train_frames"] + result["val_frames"] == 2 * frames
+    assert result["train_frames"] > frames
+    a = load_file(str(base / "model.safetensors"))
+    b = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    for name in ("processor_config.json", "tokenizer.json"):
+        assert (base / name).read_bytes() == (tmp_path / "tuned" / name).read_bytes()
+    _check_resume_config(tmp_path / "tuned" / "last", config)
+    with pytest.raises(RunFolderError, match="extra_data"):
+        _check_resume_config(tmp_path / "tuned" / "last", replace(config, extra_data=()))
+
+
 def test_soft_action_targets_are_gaussian_over_bins_and_one_hot_for_refusal() -> None:
     from robot_refusal.policies.configuration_vla import ACTION_TOKEN_OFFSET, REFUSE_ID
     from robot_refusal.policies.training import soft_action_targets
