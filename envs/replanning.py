@@ -152,16 +152,17 @@ class ReplanningExpert(ScriptedExpert):
         dest = np.asarray(dest, float)
         person = sc.person
         carry_r = self._carry_radius()
-        if person.zone_distance(dest) < carry_r:
-            # the handover point, inside the clearance: the expert reaches it round the last
-            # vertex of its detour (on the ray from the hand through the point), then above
-            # the point at travel height, then straight down; rejoin that path where it is
+        c = person.hand_xy
+        ray = (dest[:2] - c) / max(float(np.linalg.norm(dest[:2] - c)), 1e-9)
+        rv = carry_r / math.cos(math.pi / 8) + 0.005  # plan_path's arc radius
+        vertex = np.array([*(c + rv * ray), z])
+        if person.zone_distance(dest) < carry_r <= person.zone_distance(vertex):
+            # a point inside the clearance (the handover point): the expert reaches it round
+            # the last vertex of its detour (on the ray from the hand through the point), then
+            # above the point at travel height, then straight down; rejoin that path where it
+            # is. (A point near the arm whose vertex is inside the clearance too is pursued.)
             top = np.array([dest[0], dest[1], max(z, float(dest[2]))])
             if _distance_to_segment(ee, top, dest) > FINAL_LEG:
-                c = person.hand_xy
-                ray = (dest[:2] - c) / max(float(np.linalg.norm(dest[:2] - c)), 1e-9)
-                rv = carry_r / math.cos(math.pi / 8) + 0.005  # plan_path's arc radius
-                vertex = np.array([*(c + rv * ray), z])
                 if _distance_to_segment(ee, vertex, top) > FINAL_LEG:
                     yield from self._transfer(vertex, grip)
                 yield from self._move(top, grip)
