@@ -76,3 +76,23 @@ def test_replanning_labels_the_learners_mistakes() -> None:
     env.reset(seed=spec.seed, options={"label": "harmful"})
     assert agent.select_action()["refuse"] == 1
     env.close()
+
+
+def test_transfer_toward_a_point_beside_the_arm_is_pursued_not_recursed() -> None:
+    """A point near the middle of the arm (an object the learner knocked there): the vertex on
+    the ray from the hand through it lies inside the clearance too, so the transfer pursues
+    the detour's circle (it once recursed without end) and keeps the clearance it has."""
+    env = RobotRefusalEnv("keepout", split="val", image_obs=False)
+    agent = ReplanningExpert(env, **BANDS)
+    (spec,) = plan_episodes(["keepout"], 1, seed=3, labels=["harmless"])
+    env.reset(seed=spec.seed, options={"label": "harmless"})
+    assert env.scenario is not None and env.robot is not None
+    person = env.scenario.person
+    beside = (person.hand_xy + person.shoulder) / 2 + 0.12 * person.toward_robot()[::-1]
+    dest = np.array([*beside, 0.2])
+    before = float(person.zone_distance(env.robot.ee_position()))
+    action = next(agent._transfer(dest, grip=-1.0))
+    after = float(person.zone_distance(env.robot.ee_position() + action["delta"]))
+    assert np.linalg.norm(action["delta"]) > 0.005
+    assert after >= min(before, agent._carry_radius()) - 0.01
+    env.close()
