@@ -492,6 +492,7 @@ def heatmap_loss(
     heatmap_logits: torch.Tensor,
     labels: torch.Tensor,
     image_size: tuple[int, int] | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of keypoint heatmaps against a Gaussian around each labelled point.
 
@@ -504,10 +505,11 @@ def heatmap_loss(
         labels: (B, P, 2) keypoint labels (x, y) in [-1, 1] (first and last pixel centres).
         image_size: (H, W) pixels for pixel-accurate cell centres (models with
             ``keypoint_stride`` 2); ``None``: edge-cell centres at +-1 (the stride-4 grid).
+        mask: (B, P) weights (1: scored, 0: left out, e.g. :func:`in_view`); None: all.
 
     Returns:
-        Scalar mean over B and P of -sum_cells q log softmax(logits), q a normalised Gaussian of
-        one cell's standard deviation around the label.
+        Scalar mean over the scored B x P of -sum_cells q log softmax(logits), q a normalised
+        Gaussian of one cell's standard deviation around the label.
     """
     p = labels.shape[1]
     h, w = heatmap_logits.shape[-2:]
@@ -516,10 +518,20 @@ def heatmap_loss(
     # distances in cells: one cell spans (centre of the last - first) / (cells - 1)
     dx = (xs[None, None, None, :] - labels[..., 0, None, None]) / (xs[1] - xs[0])  # (B,P,1,w)
     dy = (ys[None, None, :, None] - labels[..., 1, None, None]) / (ys[1] - ys[0])  # (B,P,h,1)
-    q = torch.exp(-0.5 * (dx**2 + dy**2)).flatten(2)  # (B, P, h*w)
-    q = q / q.sum(-1, keepdim=True)
+    q = (-0.5 * (dx**2 + dy**2)).flatten(2).softmax(-1)  # (B, P, h*w), no 0/0 far outside
     logp = heatmap_logits[:, :p].flatten(2).log_softmax(-1)
-    return -(q * logp).sum(-1).mean()
+    ce = -(q * logp).sum(-1)  # (B, P)
+    if mask is None:
+        return ce.mean()
+    return (ce * mask).sum() / mask.sum().clamp(min=1)
+
+
+def in_view(labels: torch.Tensor) -> torch.Tensor:
+    """(B, P) float mask of keypoint labels (B, P, 2) inside the image ([-1, 1] on both axes).
+
+    A learner's rollout (DAgger) can knock an object out of the camera's view; its label then
+    lies outside the image, where no heatmap cell or spatial-softmax mean can reach it."""
+    return (labels.abs() <= 1.0).all(-1).to(labels.dtype)
 
 
 def training_loss(
@@ -533,7 +545,8 @@ def training_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Action-token cross-entropy (against Gaussian soft targets when ``label_sigma`` > 0)
     plus the weighted auxiliary keypoint losses (squared error of the keypoints, and with
-    ``heatmap_weight`` > 0 the heatmap cross-entropy of :func:`heatmap_loss`). With
+    ``heatmap_weight`` > 0 the heatmap cross-entropy of :func:`heatmap_loss`), over the labels
+    inside the image (:func:`in_view`). With
     ``metric_label_noise_px`` >= 0 a model with metric keypoints builds its metric token from
     the keypoint labels plus Gaussian noise of that many pixels (teacher forcing), drawn from
     ``rng`` (the training sampler's, so that a resumed run repeats it; None: a fixed seed);
@@ -551,7 +564,8 @@ def training_loss(
         half_width = (model.config.image_size - 1) / 2
         draw = (rng if rng is not None else np.random.default_rng(0)).standard_normal
         noise = torch.from_numpy(draw(tuple(target_kp.shape)).astype(np.float32))
-        inputs["metric_source"] = target_kp + noise * (metric_label_noise_px / half_width)
+        source = target_kp.clamp(-1.0, 1.0)  # a point out of view: its image edge
+        inputs["metric_source"] = source + noise * (metric_label_noise_px / half_width)
     out = model(**inputs)
     assert out.loss is not None and out.keypoints is not None
     labels = batch["labels"]
@@ -566,13 +580,15 @@ def training_loss(
         loss = -(target * logp).sum(-1)[valid].mean()
     if target_kp is None or keypoint_weight == heatmap_weight == 0:
         return loss, out.loss, None
-    mse = ((out.keypoints[:, : target_kp.shape[1]] - target_kp) ** 2).mean()
+    seen = in_view(target_kp)  # (B, P): labels out of the image train no keypoint loss
+    err = ((out.keypoints[:, : target_kp.shape[1]] - target_kp) ** 2).mean(-1)  # (B, P)
+    mse = (err * seen).sum() / seen.sum().clamp(min=1)
     loss = loss + keypoint_weight * mse
     if heatmap_weight > 0:
         assert out.heatmap_logits is not None
         cfg = model.config
         size = (cfg.image_size, cfg.image_size) if cfg.keypoint_stride == 2 else None
-        loss = loss + heatmap_weight * heatmap_loss(out.heatmap_logits, target_kp, size)
+        loss = loss + heatmap_weight * heatmap_loss(out.heatmap_logits, target_kp, size, seen)
     return loss, out.loss, mse
 
 

@@ -269,6 +269,51 @@ def test_heatmap_loss_is_the_cross_entropy_to_a_one_cell_gaussian() -> None:
     assert float(heatmap_loss(matched, fine)) > entropy + 1e-3  # the stride-4 grid is stretched
 
 
+def test_keypoint_labels_out_of_view_train_nothing_and_stay_finite(tiny_data: Path) -> None:
+    """A learner's rollout (DAgger) can knock an object out of the camera's view: its label
+    (here 0.9 image widths below the frame, as recorded) gave a 0/0 heatmap target and NaN
+    weights. Such labels are left out of both keypoint losses; the others are unchanged."""
+    from robot_refusal.policies.training import (
+        Batcher,
+        heatmap_loss,
+        in_view,
+        training_loss,
+    )
+
+    labels = torch.tensor([[[0.2, 1.9], [0.1, -0.3]]])  # (1, 2, 2): the first out of view
+    assert in_view(labels).tolist() == [[0.0, 1.0]]
+    logits = torch.randn(1, 2, 32, 32)
+    full = heatmap_loss(logits, labels, (64, 64), torch.ones(1, 2))
+    assert torch.isfinite(full)  # the stable softmax puts the target on the edge cells
+    only_second = heatmap_loss(logits[:, 1:], labels[:, 1:], (64, 64))
+    masked = heatmap_loss(logits, labels, (64, 64), in_view(labels))
+    assert torch.isclose(masked, only_second)
+    config = replace(
+        _config(tiny_data, tiny_data.parent / "unused", 1),
+        grounded_keypoints=2,
+        metric_keypoints=4,
+        keypoint_stride=2,
+        heatmap_weight=1.0,
+    )
+    ds = load_dataset(tiny_data)
+    data = load_tensors(ds)
+    from robot_refusal.policies.training import _model
+
+    model, processor = _model(config, ds, data, None)
+    batch = Batcher(data, processor)(np.arange(8))
+    clean = training_loss(model, batch, 5.0, 2.0, 1.0, 0.5)
+    far = dict(batch)
+    far["keypoint_labels"] = batch["keypoint_labels"].clone()
+    far["keypoint_labels"][0, 0] = torch.tensor([0.2, 1.92])
+    loss, _, mse = training_loss(model, far, 5.0, 2.0, 1.0, 0.5)
+    assert torch.isfinite(loss) and mse is not None and torch.isfinite(mse)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert clean[2] is not None
+    before, after = float(clean[2].detach()), float(mse.detach())
+    assert abs(after - before) < 0.1 * before
+
+
 def test_grounded_heatmap_training_reports_the_first_frame_target_error(
     tiny_data: Path, tmp_path: Path
 ) -> None:
