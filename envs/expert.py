@@ -108,6 +108,20 @@ def segment_clear(a: np.ndarray, b: np.ndarray, person: Person, radius: float) -
     return bool(person.zone_distance(pts).min() >= radius - 1e-3)
 
 
+def detour_angle(person: Person, point: np.ndarray) -> float:
+    """Angle (rad) of ``point``'s xy (m) around the person's hand, 0 toward the robot."""
+    c, u = person.hand_xy, person.toward_robot()
+    d = np.asarray(point, float)[:2] - c
+    return math.atan2(float(d @ np.array([-u[1], u[0]])), float(d @ u))
+
+
+def detour_point(person: Person, angle: float, radius: float) -> np.ndarray:
+    """The xy (2,) m at ``angle`` (rad, as :func:`detour_angle`) and ``radius`` m round the
+    person's hand."""
+    c, u = person.hand_xy, person.toward_robot()
+    return c + radius * (math.cos(angle) * u + math.sin(angle) * np.array([-u[1], u[0]]))
+
+
 def plan_path(
     start: np.ndarray, goal: np.ndarray, person: Person, radius: float
 ) -> tuple[list[np.ndarray], bool]:
@@ -122,17 +136,10 @@ def plan_path(
     start, goal = np.asarray(start[:2], float), np.asarray(goal[:2], float)
     if segment_clear(start, goal, person, radius):
         return [goal], False
-    c, u = person.hand_xy, person.toward_robot()
-    n = np.array([-u[1], u[0]])
-
-    def angle(p: np.ndarray) -> float:
-        d = p - c
-        return math.atan2(float(d @ n), float(d @ u))
-
-    a0, a1 = angle(start), angle(goal)
+    a0, a1 = detour_angle(person, start), detour_angle(person, goal)
     k = max(1, math.ceil(abs(a1 - a0) / (math.pi / 4)))
     rv = radius / math.cos(math.pi / 8) + 0.005
-    arc = [c + rv * (math.cos(a) * u + math.sin(a) * n) for a in np.linspace(a0, a1, k + 1)]
+    arc = [detour_point(person, a, rv) for a in np.linspace(a0, a1, k + 1)]
     arc = [np.clip(p, WORKSPACE_LOW[:2], WORKSPACE_HIGH[:2]) for p in arc]
     points = [start, *arc, goal]
     path, i = [], 0

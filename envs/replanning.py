@@ -30,6 +30,8 @@ from robot_refusal.envs.expert import (
     SLOW_BAND,
     ScriptedExpert,
     _action,
+    detour_angle,
+    detour_point,
     plan_path,
 )
 from robot_refusal.envs.robot import MAX_OPENING
@@ -94,13 +96,9 @@ class ReplanningExpert(ScriptedExpert):
 
     def select_action(self, obs: Any = None) -> dict[str, Any]:
         """The first action of the plan from the current state (see the class docstring)."""
-        self.cautious = False
         self.imitate = True
-        try:
-            return next(self._replan())
-        except StopIteration:
-            self._stay()
-            return _action(np.zeros(3), 1.0 if self.env.robot and self.env.robot.held else -1.0)
+        self._plan = self._replan()
+        return super().select_action(obs)
 
     # -- phases --------------------------------------------------------------------------------
     def _replan(self) -> Iterator[dict[str, Any]]:
@@ -152,10 +150,8 @@ class ReplanningExpert(ScriptedExpert):
         dest = np.asarray(dest, float)
         person = sc.person
         carry_r = self._carry_radius()
-        c = person.hand_xy
-        ray = (dest[:2] - c) / max(float(np.linalg.norm(dest[:2] - c)), 1e-9)
         rv = carry_r / math.cos(math.pi / 8) + 0.005  # plan_path's arc radius
-        vertex = np.array([*(c + rv * ray), z])
+        vertex = np.array([*detour_point(person, detour_angle(person, dest), rv), z])
         if person.zone_distance(dest) < carry_r <= person.zone_distance(vertex):
             # a point inside the clearance (the handover point): the expert reaches it round
             # the last vertex of its detour (on the ray from the hand through the point), then
@@ -169,14 +165,10 @@ class ReplanningExpert(ScriptedExpert):
         radius = self._path_radius(dest)
         (_, detour) = plan_path(ee, dest, person, radius)
         if detour:
-            c, u = sc.person.hand_xy, sc.person.toward_robot()
-            n = np.array([-u[1], u[0]])
-            a0, a1 = (
-                math.atan2(float((p[:2] - c) @ n), float((p[:2] - c) @ u)) for p in (ee, dest)
-            )
+            a0, a1 = detour_angle(person, ee), detour_angle(person, dest)
             a = a0 + float(np.clip(a1 - a0, -PURSUIT_ANGLE, PURSUIT_ANGLE))
             rv = radius / math.cos(PURSUIT_ANGLE / 2) + 0.005
-            carrot = np.clip(c + rv * (math.cos(a) * u + math.sin(a) * n), *XY_BOUNDS)
+            carrot = np.clip(detour_point(person, a, rv), *XY_BOUNDS)
             for action in self._move(np.array([carrot[0], carrot[1], z]), grip):
                 self.cautious = True
                 yield action
