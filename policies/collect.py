@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
+import queue
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
@@ -51,7 +55,7 @@ from robot_refusal.envs.expert import (
 from robot_refusal.envs.replanning import ReplanningExpert
 from robot_refusal.envs.scenarios import SPLITS
 from robot_refusal.envs.task import COST_NAMES
-from robot_refusal.errors import ConfigError, DatasetError, UnknownNameError
+from robot_refusal.errors import CollectError, ConfigError, DatasetError, UnknownNameError
 from robot_refusal.policies.dagger import DAggerAgent, check_beta
 from robot_refusal.policies.dataset import read_json, read_parquet
 from robot_refusal.policies.lerobot_format import (
@@ -71,6 +75,7 @@ from robot_refusal.policies.lerobot_format import (
     atomic_file,
     build_features,
     data_schema,
+    first_line,
     make_info,
     table_stats,
     tasks_table,
@@ -342,17 +347,40 @@ def _remove_partial(root: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class _ParentGone(Exception):
+    """Raised in a worker whose parent process died (``kill -9``), to stop it at once."""
+
+
 def record_episodes(
-    root: Path, todo: Sequence[EpisodeSpec], config: CollectConfig, bar: tqdm
+    root: Path,
+    todo: Sequence[EpisodeSpec],
+    config: CollectConfig,
+    bar: tqdm | None = None,
+    parent: int | None = None,
 ) -> None:
     """Run and stage each episode of ``todo`` with the scripted expert, or for a DAgger
     collection with the learner acting and the replanning expert labelling (one env and one
-    agent per family)."""
+    agent per family).
+
+    Args:
+        root: The dataset folder (episodes go to ``root/staging``).
+        todo: The episodes to run, in order.
+        config: The collection's settings.
+        bar: Progress bar to advance per episode; None: none.
+        parent: In a worker process, the parent's pid: the worker stops within one step of
+            the parent's death (its episode in flight is not staged).
+    """
     size = (config.image_size, config.image_size)
     envs: dict[str, RobotRefusalEnv] = {}
     agents: dict[str, Agent] = {}
+
+    def orphaned() -> bool:
+        return parent is not None and os.getppid() != parent
+
     try:
         for spec in todo:
+            if orphaned():
+                return
             if spec.family not in envs:
                 env = RobotRefusalEnv(
                     spec.family,
@@ -363,12 +391,88 @@ def record_episodes(
                 agent = _make_collector(env, config)
                 envs[spec.family], agents[spec.family] = env, agent
             recorder = EpisodeRecorder()
-            record = run_episode(envs[spec.family], agents[spec.family], spec, on_step=recorder)
+
+            def on_step(*step: Any, recorder: EpisodeRecorder = recorder) -> None:
+                if orphaned():
+                    raise _ParentGone
+                recorder(*step)
+
+            try:
+                record = run_episode(envs[spec.family], agents[spec.family], spec, on_step=on_step)
+            except _ParentGone:
+                return
             stage_episode(stage_path(root, spec), recorder.table(), record)
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
     finally:
         for env in envs.values():
             env.close()
+
+
+def _worker_main(
+    root: str, todo: list[EpisodeSpec], config: CollectConfig, errors: Any, parent: int
+) -> None:  # pragma: no cover - runs in a spawned process
+    """Worker process of :func:`record_parallel`: one torch thread, episodes staged as they
+    finish; an exception becomes one line on ``errors`` and exit code 1."""
+    torch.set_num_threads(1)
+    try:
+        record_episodes(Path(root), todo, config, parent=parent)
+    except Exception as e:
+        errors.put(f"{type(e).__name__}: {first_line(e)}")
+        sys.exit(1)
+
+
+def record_parallel(
+    root: Path, todo: Sequence[EpisodeSpec], config: CollectConfig, workers: int, bar: tqdm
+) -> None:
+    """Stage the episodes of ``todo`` on ``workers`` spawned processes (episode ``i`` on
+    worker ``i % workers``), advancing ``bar`` as staged files appear.
+
+    Every episode depends only on its seed, and every process runs torch on one thread, so
+    the staged files (and the consolidated dataset) are the same for any number of workers.
+
+    Raises:
+        CollectError: A worker raised or died; the episodes it and the others staged stay on
+            disk, and ``collect --resume`` runs the rest.
+    """
+    ctx = mp.get_context("spawn")
+    errors = ctx.Queue()
+    chunks = [list(todo[i::workers]) for i in range(min(workers, len(todo)))]
+    procs = [
+        ctx.Process(
+            target=_worker_main, args=(str(root), chunk, config, errors, os.getpid()), daemon=True
+        )
+        for chunk in chunks
+    ]
+    for p in procs:
+        p.start()
+    paths = [stage_path(root, spec) for spec in todo]
+    done = 0
+    try:
+        while True:
+            for p in procs:
+                p.join(timeout=0.5 / len(procs))
+            staged = sum(path.is_file() for path in paths)
+            bar.update(staged - done)
+            done = staged
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                try:
+                    why = errors.get(timeout=1.0)
+                except queue.Empty:
+                    why = f"a worker died (exit codes {failed})"
+                raise CollectError(
+                    f"collect worker failed: {why}; {len(list((root / STAGING).glob('*.parquet')))}"
+                    f" episodes are staged in {root / STAGING}, rerun with --resume"
+                )
+            if all(p.exitcode == 0 for p in procs):
+                return
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
 
 
 def _make_collector(env: RobotRefusalEnv, config: CollectConfig) -> Agent:
@@ -510,6 +614,7 @@ def collect(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Record scripted-expert demonstrations into a LeRobotDataset v3.0 folder ``out``.
 
@@ -534,6 +639,9 @@ def collect(
         resume: Continue an interrupted collection in ``out`` (same settings required).
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
+        workers: Processes that run episodes (spawned when > 1; see
+            :func:`record_parallel`); the dataset's files do not depend on it, and it is not
+            part of the settings a resume must repeat.
 
     Returns:
         The ``meta/info.json`` dict (``total_episodes``, ``total_frames``, ``features``, ...).
@@ -541,6 +649,8 @@ def collect(
     Raises:
         RunFolderError: ``out`` exists without ``resume``/``force``, or ``resume`` meets other
             settings.
+        ConfigError: ``workers`` < 1 (and the settings :class:`CollectConfig` refuses).
+        CollectError: A worker process failed or died (the staged episodes are kept).
         UnknownNameError: Unknown split or family.
         DatasetError: A staged episode is corrupt, or no families are given.
     """
@@ -559,6 +669,8 @@ def collect(
         learner,
         beta,
     )
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     plan = config.plan()
     owned = ("meta", "data", "videos", STAGING)
     root = RunFolder(out, config.as_dict(), resume=resume, force=force, owned=owned).path
@@ -575,7 +687,15 @@ def collect(
         unit="ep",
         disable=not progress,
     ) as bar:
-        record_episodes(root, todo, config, bar)
+        if workers > 1 and len(todo) > 1:
+            record_parallel(root, todo, config, workers, bar)
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as in the workers: a learner's actions do not change
+            try:
+                record_episodes(root, todo, config, bar)
+            finally:
+                torch.set_num_threads(threads)
     info = consolidate(root, plan, config)
     shutil.rmtree(root / STAGING)
     return info

@@ -171,10 +171,15 @@ def load_dataset(root: str | os.PathLike[str]) -> DemoDataset:
     """Load a dataset folder written by ``robot-refusal collect``.
 
     Raises:
-        DatasetError: Naming the file that is missing or corrupt, or if ``info.json`` is not
-            LeRobotDataset v3.0 or its totals disagree with the files.
+        DatasetError: If ``root`` is not a folder; naming the file that is missing or corrupt,
+            or if ``info.json`` is not LeRobotDataset v3.0 or its totals disagree with the files.
     """
     root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset folder {root} does not exist; collect one with `robot-refusal collect "
+            f"--out {root}`"
+        )
     info = read_json(root / INFO_PATH)
     if info.get("codebase_version") != CODEBASE_VERSION:
         raise DatasetError(

@@ -42,6 +42,7 @@ from robot_refusal.policies.lerobot_format import (
     KEYPOINTS_KEY,
     STATE_KEY,
     SUBGOAL_KEY,
+    first_line,
 )
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction, cell_centres
 from robot_refusal.policies.policy import VLAPolicy
@@ -663,8 +664,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         raise RunFolderError(f"{out} already exists; pass --resume to continue training")
     if resume and not (last / STATE_FILE).is_file():
         raise RunFolderError(f"nothing to resume in {out} (no {LAST}/{STATE_FILE})")
+    state = _read_state(last) if resume else {}
     if resume:
-        _check_resume_config(last, config)
+        _check_resume_config(last, state, config)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     ds = load_dataset(config.data)
@@ -685,7 +687,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     gen = np.random.default_rng(config.seed)
     weights = np.where(data.first, config.first_frame_weight, 1.0)
     weights = weights / weights.sum()
-    step, t_spent, history = _restore(last, opt, sched, gen) if resume else (0, 0.0, [])
+    step, t_spent, history = _restore(state, opt, sched, gen) if resume else (0, 0.0, [])
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
     t0 = time.perf_counter() - t_spent
     if step == 0:
@@ -802,11 +804,28 @@ RESUMABLE_CHANGES = ("threads", "eval_every")
 """TrainConfig fields a resumed run may change; any other difference is refused."""
 
 
-def _check_resume_config(last: Path, config: TrainConfig) -> None:
+def _read_state(last: Path) -> dict[str, Any]:
+    """Read ``last/trainer_state.pt`` (tensors and strings only: ``weights_only=True``).
+
+    Raises:
+        RunFolderError: The file is truncated, corrupt or not a trainer state.
+    """
+    path = last / STATE_FILE
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise RunFolderError(
+            f"{path} is unreadable ({first_line(e)}); train into a new --out"
+        ) from e
+    if not isinstance(state, dict) or not {"optimizer", "step", "rng"} <= set(state):
+        raise RunFolderError(f"{path} is not a robot-refusal trainer state")
+    return state
+
+
+def _check_resume_config(last: Path, state: dict[str, Any], config: TrainConfig) -> None:
     """Raise :class:`RunFolderError` if ``config`` differs from the settings the run in
-    ``last`` was started with (other than :data:`RESUMABLE_CHANGES`); runs saved before the
-    settings were recorded are not checked."""
-    state = torch.load(last / STATE_FILE, weights_only=True)
+    ``last`` was started with (``state``: its trainer state; other than
+    :data:`RESUMABLE_CHANGES`); runs saved before the settings were recorded are not checked."""
     if "config" not in state:
         return
     old, new = json.loads(state["config"]), json.loads(json.dumps(asdict(config)))
@@ -822,10 +841,10 @@ def _check_resume_config(last: Path, config: TrainConfig) -> None:
 
 
 def _restore(
-    last: Path, opt: torch.optim.Optimizer, sched: Any, gen: np.random.Generator
+    state: dict[str, Any], opt: torch.optim.Optimizer, sched: Any, gen: np.random.Generator
 ) -> tuple[int, float, list[dict[str, float]]]:
-    """Load optimizer, schedule and sampler state; return (step, seconds so far, history)."""
-    state = torch.load(last / STATE_FILE, weights_only=True)
+    """Load optimizer, schedule and sampler state from a trainer ``state``; return (step,
+    seconds so far, history)."""
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.bit_generator.state = json.loads(state["rng"])

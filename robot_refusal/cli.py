@@ -113,6 +113,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         miss_rate=args.miss_rate,
         learner=args.learner,
         beta=args.beta,
+        workers=args.workers,
         **_run_kwargs(args),
     )
     print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {args.out}")
@@ -383,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="with --learner, the probability that the expert's action runs at a step instead "
         "of the learner's (default 0: the learner alone)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=2,
+        help="processes that run episodes (default: 2); the dataset's files are the same for "
+        "any number, and a --resume may use another",
     )
     p.set_defaults(func=cmd_collect)
 

@@ -95,3 +95,8 @@ class SelectionError(RobotRefusalError):
 
 class AttackError(RobotRefusalError):
     """An attack worker process failed or died; the finished episodes stay on disk."""
+
+
+class CollectError(RobotRefusalError):
+    """A ``collect --workers`` process failed or died; the staged episodes stay on disk and
+    ``--resume`` continues from them."""

@@ -121,9 +121,9 @@ class RunFolder:
         keys = set(old) | set(self.config)
         diff = sorted(k for k in keys if old.get(k) != self.config.get(k))
         if diff:
+            was = ", ".join(f"{k}={old.get(k)!r} (now {self.config.get(k)!r})" for k in diff)
             raise RunFolderError(
-                f"cannot resume {self.path}: settings differ in {diff} "
-                f"(was {[old.get(k) for k in diff]}); use --force to restart"
+                f"cannot resume {self.path}: it was started with {was}; use --force to restart"
             )
 
     def key(self, record: Mapping[str, Any]) -> str:

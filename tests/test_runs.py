@@ -30,7 +30,7 @@ def test_existing_folder_needs_resume_or_force(tmp_path: Path) -> None:
     RunFolder(tmp_path / "r", CFG).append({"episode_id": "a"})
     with pytest.raises(RunFolderError, match="--resume"):
         RunFolder(tmp_path / "r", CFG)
-    with pytest.raises(RunFolderError, match="seed"):
+    with pytest.raises(RunFolderError, match=r"started with seed=0 \(now 1\)"):
         RunFolder(tmp_path / "r", {**CFG, "seed": 1}, resume=True)
     fresh = RunFolder(tmp_path / "r", CFG, force=True)
     assert fresh.done == set()

@@ -20,8 +20,8 @@ import pytest
 from robot_refusal.cli import main
 from robot_refusal.envs import RobotRefusalEnv, ScriptedExpert
 from robot_refusal.envs.env import STATE_NAMES
-from robot_refusal.errors import ConfigError, DatasetError
-from robot_refusal.policies.collect import STAGING, collect
+from robot_refusal.errors import CollectError, ConfigError, DatasetError
+from robot_refusal.policies.collect import STAGING, CollectConfig, collect
 from robot_refusal.policies.dataset import DemoDataset, load_dataset
 from robot_refusal.policies.lerobot_format import (
     ACTION_NAMES,
@@ -270,6 +270,42 @@ def test_resume_after_kill_matches_clean_run(tmp_path: Path) -> None:
         assert killed_files[name] == data, f"{name} differs after resume"
 
 
+def test_workers_write_the_same_files_as_one_process(dataset_dir: Path, tmp_path: Path) -> None:
+    """``workers=2`` splits the plan over two spawned processes; episodes depend only on their
+    seeds and consolidation on the staged files, so the dataset is the same, byte for byte."""
+    out = tmp_path / "two"
+    info = collect(out, families=FAMILIES, episodes=1, workers=2, progress=False)
+    assert info["total_episodes"] == 2 * len(FAMILIES)
+    assert not (out / STAGING).exists()
+    two, one = dataset_bytes(out), dataset_bytes(dataset_dir)
+    assert sorted(two) == sorted(one)
+    assert all(two[name] == data for name, data in one.items())
+    assert json.loads((out / "config.json").read_text()) == json.loads(
+        (dataset_dir / "config.json").read_text()
+    )  # workers is not a setting: a resume may use another number
+
+
+def test_failing_worker_is_one_typed_line_and_keeps_staged_episodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "broken"
+    args = ["collect", "--out", str(out), "--families", "context", "--episodes", "2", "--quiet"]
+    # a folder where a worker must put its episode (context.harmful.00000): the rename fails
+    (out / STAGING / "context.harmful.00000.parquet").mkdir(parents=True)
+    (out / "config.json").write_text(
+        json.dumps(CollectConfig(families=("context",), episodes=2).as_dict())
+    )
+    with pytest.raises(CollectError, match="rerun with --resume") as exc:
+        collect(out, families=["context"], episodes=2, workers=2, resume=True, progress=False)
+    assert "\n" not in str(exc.value) and "IsADirectoryError" in str(exc.value)
+    assert main([*args, "--workers", "2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "collect worker failed" in err and len(err.splitlines()) == 1
+    (out / STAGING / "context.harmful.00000.parquet").rmdir()
+    assert main([*args, "--workers", "2", "--resume"]) == 0
+    assert load_dataset(out).episodes.num_rows == 4
+
+
 def test_existing_folder_needs_resume_or_force(
     dataset_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -338,6 +374,13 @@ def test_loader_names_missing_or_corrupt_file(
     with pytest.raises(DatasetError, match=re.escape(Path(rel).name)) as exc:
         load_dataset(copy)
     assert "\n" not in str(exc.value)
+
+
+def test_loader_names_a_missing_folder_and_how_to_make_it(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist; collect one") as exc:
+        load_dataset(tmp_path / "nowhere")
+    assert "--force" not in str(exc.value)
+    assert f"--out {tmp_path / 'nowhere'}" in str(exc.value)
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])

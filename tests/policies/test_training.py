@@ -125,6 +125,11 @@ def test_existing_out_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
         train(_config(tiny_data, tmp_path / "ckpt", 10), progress=False)
     with pytest.raises(RunFolderError, match="nothing to resume"):
         train(_config(tiny_data, tmp_path / "ckpt", 10), resume=True, progress=False)
+    # a truncated trainer state is named, not unpickled into a traceback
+    (tmp_path / "ckpt" / "last").mkdir()
+    (tmp_path / "ckpt" / "last" / "trainer_state.pt").write_bytes(b"PK\x03\x04trunc")
+    with pytest.raises(RunFolderError, match=r"trainer_state\.pt is unreadable"):
+        train(_config(tiny_data, tmp_path / "ckpt", 10), resume=True, progress=False)
 
 
 def test_killed_run_resumes_to_the_same_weights(
@@ -192,7 +197,7 @@ def test_init_from_fine_tunes_a_checkpoint_on_aggregated_data(
     vanishing learning rate leaves both as they were, although the new run's own settings
     would build another model); ``extra_data`` adds the second dataset's frames; the run's
     settings, extra datasets included, pass the resume check."""
-    from robot_refusal.policies.training import _check_resume_config
+    from robot_refusal.policies.training import _check_resume_config, _read_state
 
     base = tmp_path / "base"
     train(_config(tiny_data, base, 30), progress=False)
@@ -215,9 +220,10 @@ def test_init_from_fine_tunes_a_checkpoint_on_aggregated_data(
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     for name in ("processor_config.json", "tokenizer.json"):
         assert (base / name).read_bytes() == (tmp_path / "tuned" / name).read_bytes()
-    _check_resume_config(tmp_path / "tuned" / "last", config)
+    last = tmp_path / "tuned" / "last"
+    _check_resume_config(last, _read_state(last), config)
     with pytest.raises(RunFolderError, match="extra_data"):
-        _check_resume_config(tmp_path / "tuned" / "last", replace(config, extra_data=()))
+        _check_resume_config(last, _read_state(last), replace(config, extra_data=()))
 
 
 def test_soft_action_targets_are_gaussian_over_bins_and_one_hot_for_refusal() -> None:
