@@ -18,9 +18,10 @@ import statistics
 import tempfile
 import time
 
-from robot_refusal.attack import AttackConfig, EpisodeRunner, attack, one_thread
+from robot_refusal.attack import AttackConfig, EpisodeRunner, attack
 from robot_refusal.conditions import ConditionSpec
 from robot_refusal.policies.policy import CHECKPOINTS
+from robot_refusal.pool import one_thread
 from robot_refusal.rollout import plan_episodes
 
 

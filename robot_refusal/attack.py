@@ -19,20 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
-import os
-import queue
 import re
 import shutil
 import time
-import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from robot_refusal.conditions import (
@@ -55,7 +50,14 @@ from robot_refusal.errors import (
 )
 from robot_refusal.metrics import summarize
 from robot_refusal.policies.policy import VLAPolicy, resolve_checkpoint
-from robot_refusal.rollout import EpisodeSpec, plan_episodes, run_episode, versions
+from robot_refusal.pool import one_thread, run_pool
+from robot_refusal.rollout import (
+    EpisodeSpec,
+    in_plan_order,
+    plan_episodes,
+    run_episode,
+    versions,
+)
 from robot_refusal.runs import CONFIG, OWNED, SUMMARY, RunFolder
 
 log = logging.getLogger(__name__)
@@ -298,17 +300,6 @@ def build_conditions(
 
 
 # -- episode runners ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one intra-op thread inside the context (the rollouts' numeric setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class EpisodeRunner:
     """Runs (condition, episode) pairs in this process: one env per family, one
     :class:`SteeredPolicy` per condition, all sharing one loaded policy.
@@ -377,86 +368,6 @@ class EpisodeRunner:
         """Close the envs."""
         for env in self.envs.values():
             env.close()
-
-
-def _worker_main(
-    init: dict[str, Any], tasks: Any, results: Any, parent: int
-) -> None:  # pragma: no cover - runs in a spawned process
-    """Worker process: build an :class:`EpisodeRunner`, then run tasks until ``None``."""
-    torch.set_num_threads(1)
-    try:
-        runner = EpisodeRunner(**init)
-    except Exception as e:
-        results.put(("error", None, f"{type(e).__name__}: {e}"))
-        return
-    try:
-        while True:
-            if os.getppid() != parent:  # the parent died (kill -9): stop
-                return
-            try:
-                task = tasks.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if task is None:
-                return
-            name, ep = task
-            try:
-                rec = runner.run(name, EpisodeSpec(**ep))
-            except Exception as e:
-                tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
-                results.put(("error", f"{name}:{ep}", f"{type(e).__name__}: {e} ({tb})"))
-                return
-            results.put(("ok", None, rec))
-    finally:
-        runner.close()
-
-
-def _run_pool(
-    init: dict[str, Any],
-    todo: Sequence[tuple[str, EpisodeSpec]],
-    workers: int,
-    run: RunFolder,
-    bar: tqdm,
-) -> None:
-    ctx = mp.get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker_main, args=(init, tasks, results, os.getpid()), daemon=True)
-        for _ in range(min(workers, len(todo)))
-    ]
-    for p in procs:
-        p.start()
-    for name, spec in todo:
-        tasks.put((name, asdict(spec)))
-    for _ in procs:
-        tasks.put(None)
-    remaining = len(todo)
-    try:
-        while remaining:
-            try:
-                kind, where, payload = results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if dead or not any(p.is_alive() for p in procs):
-                    raise AttackError(
-                        f"a worker process died (exit codes {dead or [p.exitcode for p in procs]})"
-                        f"; {len(run.records)} episodes are saved, rerun with --resume"
-                    ) from None
-                continue
-            if kind == "error":
-                raise AttackError(
-                    f"worker failed{' on ' + where if where else ''}: {payload}; "
-                    f"{len(run.records)} episodes are saved"
-                )
-            run.append(payload)
-            bar.update(1)
-            remaining -= 1
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
 
 
 # -- videos ------------------------------------------------------------------------------------
@@ -691,7 +602,16 @@ def attack(
     )
     try:
         if todo and cfg.workers > 1:
-            _run_pool(init, todo, cfg.workers, run, bar)
+            run_pool(
+                EpisodeRunner,
+                init,
+                todo,
+                cfg.workers,
+                run.append,
+                bar,
+                AttackError,
+                run.count,
+            )
         elif todo:
             with one_thread():
                 runner = EpisodeRunner(**init)
@@ -704,7 +624,7 @@ def attack(
     finally:
         bar.close()
     order = [s.name for s in specs]
-    conditions = summarize(run.records)
+    conditions = summarize(in_plan_order(run.records, plan))
     with one_thread():
         videos = write_videos(cfg, specs, run.records, progress)
     summary = {

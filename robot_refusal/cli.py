@@ -91,7 +91,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robot_refusal.tables import format_summary
 
     summary = evaluate(
-        args.policy, args.out, keypoint_window=args.keypoint_window, **_run_kwargs(args)
+        args.policy,
+        args.out,
+        keypoint_window=args.keypoint_window,
+        workers=args.workers,
+        **_run_kwargs(args),
     )
     print(format_summary(summary))
     print(f"wrote {args.out}/episodes.jsonl and {args.out}/summary.json")
@@ -312,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoints only: read keypoints as the soft-argmax over the (2R+1)x(2R+1) "
         "heatmap cells around each maximum, overriding the checkpoint's keypoint_window "
         "(0: the expectation over the whole map; default: the checkpoint's own)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=2,
+        help="processes that run episodes (default: 2); the records are the same for any "
+        "number, and a --resume may use another",
     )
     p.set_defaults(func=cmd_eval)
 

@@ -93,10 +93,15 @@ class SelectionError(RobotRefusalError):
     """No candidate direction passed the selection filters (DESIGN.md section 4)."""
 
 
-class AttackError(RobotRefusalError):
+class WorkerError(RobotRefusalError):
+    """A worker process of ``eval``, ``attack`` or ``collect`` failed or died; the finished
+    episodes stay on disk and ``--resume`` continues from them."""
+
+
+class AttackError(WorkerError):
     """An attack worker process failed or died; the finished episodes stay on disk."""
 
 
-class CollectError(RobotRefusalError):
+class CollectError(WorkerError):
     """A ``collect --workers`` process failed or died; the staged episodes stay on disk and
     ``--resume`` continues from them."""

@@ -22,8 +22,9 @@ from robot_refusal.agents import Agent, check_agent, image_size, make_agent, nee
 from robot_refusal.envs import ENV_IDS, FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.scenarios import LABELS, SPLITS
 from robot_refusal.envs.task import COST_NAMES
-from robot_refusal.errors import ConfigError, UnknownNameError
+from robot_refusal.errors import ConfigError, UnknownNameError, WorkerError
 from robot_refusal.metrics import summarize
+from robot_refusal.pool import one_thread, run_pool
 from robot_refusal.runs import SUMMARY, RunFolder
 
 StepHook = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], Agent], None]
@@ -157,6 +158,59 @@ def versions() -> dict[str, str]:
     return out
 
 
+def in_plan_order(
+    records: Sequence[dict[str, Any]], plan: Sequence[EpisodeSpec]
+) -> list[dict[str, Any]]:
+    """``records`` sorted by their episode's place in ``plan`` (then by ``condition``), so
+    that summaries (float sums) do not depend on the order in which workers finished them."""
+    place = {spec.episode_id: i for i, spec in enumerate(plan)}
+    return sorted(
+        records, key=lambda r: (place.get(r["episode_id"], len(place)), r.get("condition", ""))
+    )
+
+
+class EvalRunner:
+    """Runs ``eval`` episodes in this process: one env and one agent per family.
+
+    Args:
+        policy: Agent name (see :mod:`robot_refusal.agents`).
+        split: Instruction split.
+        families: Families to build envs for.
+        keypoint_window: A checkpoint's keypoint readout override (None: its own).
+
+    Raises:
+        UnknownNameError, ConfigError, CheckpointError: From the env and agent factories.
+    """
+
+    def __init__(
+        self,
+        policy: str,
+        split: str,
+        families: Sequence[str],
+        keypoint_window: int | None = None,
+    ) -> None:
+        self.envs: dict[str, RobotRefusalEnv] = {}
+        self.agents: dict[str, Agent] = {}
+        try:
+            for f in families:
+                self.envs[f] = RobotRefusalEnv(
+                    f, split=split, image_obs=needs_images(policy), image_size=image_size(policy)
+                )
+                self.agents[f] = make_agent(policy, self.envs[f], keypoint_window)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, spec: EpisodeSpec) -> dict[str, Any]:
+        """One episode; its record (see :func:`run_episode`)."""
+        return run_episode(self.envs[spec.family], self.agents[spec.family], spec)
+
+    def close(self) -> None:
+        """Close the envs."""
+        for env in self.envs.values():
+            env.close()
+
+
 def evaluate(
     policy: str,
     out: str | Path,
@@ -168,8 +222,14 @@ def evaluate(
     force: bool = False,
     progress: bool = True,
     keypoint_window: int | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
+
+    Episodes run in this process (``workers`` 1) or on ``workers`` spawned processes
+    (:func:`robot_refusal.pool.run_pool`), torch on one thread either way, so the records are
+    the same, bit for bit, for any ``workers``; ``episodes.jsonl`` holds them in the order
+    they finished.
 
     Args:
         policy: Agent name (see :mod:`robot_refusal.agents`).
@@ -184,16 +244,22 @@ def evaluate(
         keypoint_window: For a checkpoint, an override of its keypoint readout
             (``VLAConfig.keypoint_window``), recorded in ``config.json`` and the summary;
             None keeps the checkpoint's.
+        workers: Processes that run episodes; not part of the run's settings, so a
+            ``--resume`` may use another number.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).
 
     Raises:
         UnknownNameError: Unknown policy, split or family.
-        ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
+        ConfigError: ``keypoint_window`` for a scripted agent, or out of range; ``workers``
+            < 1.
         RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
+        WorkerError: A worker process failed or died (the finished episodes stay saved).
     """
     check_agent(policy, keypoint_window)  # before the run folder is touched
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     if split not in SPLITS:
         raise UnknownNameError("split", split, SPLITS)
     families = list(dict.fromkeys(families))
@@ -211,30 +277,34 @@ def evaluate(
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]
-    envs = {
-        f: RobotRefusalEnv(
-            f, split=split, image_obs=needs_images(policy), image_size=image_size(policy)
-        )
-        for f in families
+    init: dict[str, Any] = {
+        "policy": policy,
+        "split": split,
+        "families": families,
+        "keypoint_window": keypoint_window,
     }
-    agents = {f: make_agent(policy, envs[f], keypoint_window) for f in families}
     start = time.perf_counter()
-    try:
-        bar = tqdm(
-            todo,
-            desc=f"eval {policy}",
-            unit="ep",
-            disable=not progress,
-            initial=len(plan) - len(todo),
-            total=len(plan),
-        )
-        for spec in bar:
-            run.append(run_episode(envs[spec.family], agents[spec.family], spec))
-    finally:
-        for env in envs.values():
-            env.close()
+    with tqdm(
+        desc=f"eval {policy}",
+        unit="ep",
+        disable=not progress,
+        initial=len(plan) - len(todo),
+        total=len(plan),
+    ) as bar:
+        if workers > 1 and len(todo) > 1:
+            tasks = [(spec,) for spec in todo]
+            run_pool(EvalRunner, init, tasks, workers, run.append, bar, WorkerError, run.count)
+        elif todo:
+            with one_thread():
+                runner = EvalRunner(**init)
+                try:
+                    for spec in todo:
+                        run.append(runner.run(spec))
+                        bar.update(1)
+                finally:
+                    runner.close()
     summary = {
-        "conditions": summarize(run.records),
+        "conditions": summarize(in_plan_order(run.records, plan)),
         "policy": policy,
         **({} if keypoint_window is None else {"keypoint_window": keypoint_window}),
         "direction": None,

@@ -167,6 +167,10 @@ class RunFolder:
                 records.append(rec)
         return records
 
+    def count(self) -> int:
+        """How many episode records are saved."""
+        return len(self.records)
+
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one episode record as a line, flushed and fsynced."""
         with open(self.path / EPISODES, "a", encoding="utf-8") as f:

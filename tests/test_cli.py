@@ -34,6 +34,25 @@ def test_eval_writes_episodes_and_summary(tmp_path: Path, capsys: pytest.Capture
     assert "baseline" in capsys.readouterr().out
 
 
+def test_eval_workers_give_the_same_records_as_one_process(tmp_path: Path) -> None:
+    """``--workers 2`` runs the episodes on two spawned processes, torch on one thread in
+    every process, so the checkpoint's records (refusal scores included) are the same, bit
+    for bit, as in one process."""
+    args = ["eval", "--policy", "vla-small", "--episodes", "1", "--families", "keepout,context"]
+    for n in ("1", "2"):
+        assert main([*args, "--workers", n, "--out", str(tmp_path / n), "--quiet"]) == 0
+
+    def records(run: Path) -> dict[str, dict]:
+        lines = (run / "episodes.jsonl").read_text().splitlines()
+        return {r["episode_id"]: r for r in map(json.loads, lines)}
+
+    one, two = records(tmp_path / "1"), records(tmp_path / "2")
+    assert len(one) == 4 and one == two
+    assert all(isinstance(r["refusal_score"], float) for r in one.values())
+    summaries = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("1", "2")]
+    assert summaries[0]["conditions"] == summaries[1]["conditions"]
+
+
 def test_eval_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [

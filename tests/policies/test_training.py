@@ -456,7 +456,7 @@ def test_diagnostics_cli_bad_paths_are_one_line_and_output_is_strict_json(
     from robot_refusal.policies.diagnostics import main as diagnostics
 
     for argv, message in (
-        (["vla-small", str(tmp_path / "nope")], "info.json is missing"),
+        (["vla-small", str(tmp_path / "nope")], "nope does not exist; collect one"),
         ([str(tmp_path / "nockpt"), str(tiny_data)], "does not exist"),
         (["vla-small", str(tiny_data), "--keypoint-window", "9"], "keypoint_window must be in"),
     ):

@@ -5,7 +5,7 @@ missing; set ROBOT_REFUSAL_DIRECTION to a direction file or extract folder for t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,15 @@ def ros(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], Path]]:
 
 
 def _run(
-    ros: tuple[int, dict[str, str], Path], label: str, policy_params: dict, seconds: float
+    ros: tuple[int, dict[str, str], Path],
+    label: str,
+    policy_params: dict,
+    seconds: float,
+    until: Callable[[Probe], bool] | None = None,
 ) -> Probe:
+    """Start the robot and policy nodes, wait for the policy to act or refuse, then spin for
+    ``seconds``, or with ``until`` until ``until(probe)`` holds (``seconds`` the cap: on a
+    slow or busy machine the 10 Hz loop runs fewer steps per second)."""
     domain, env, tmp = ros
     robot = NodeProcess(
         "robot_refusal.ros2.robot_node", {"seed": 2, "label": label}, env, tmp / "r.log"
@@ -55,7 +62,10 @@ def _run(
         assert probe.spin_until(lambda: probe.last_state() in ("acting", "refused"), 40), (
             policy.output()[-2000:]
         )
-        probe.spin(seconds)
+        if until is None:
+            probe.spin(seconds)
+        else:
+            probe.spin_until(lambda: until(probe), seconds)
         assert policy.alive() and robot.alive()
     finally:
         probe.close()
@@ -76,12 +86,24 @@ def _safe(probe: Probe) -> None:
         assert np.all(ee >= WORKSPACE_LOW - 0.01) and np.all(ee <= WORKSPACE_HIGH + 0.01), ee
 
 
-def test_harmless_instruction_moves_toward_the_goal(ros: tuple, checkpoint: str) -> None:
-    probe = _run(ros, "harmless", {"policy": checkpoint}, 6.0)
-    first, last = probe.sim[0], probe.sim[-1]
+def _approach(probe: Probe) -> tuple[float, float]:
+    """(first, closest) end-effector distance to the target over the probe's samples, m."""
+    first = probe.sim[0]
     d0 = np.linalg.norm(np.array(first["ee"]) - first["target"])
     d1 = min(np.linalg.norm(np.array(s["ee"]) - s["target"]) for s in probe.sim)
-    assert d1 < d0 - 0.03 or last["held"], (d0, d1)
+    return float(d0), float(d1)
+
+
+def _approached(probe: Probe) -> bool:
+    if not probe.sim:
+        return False
+    d0, d1 = _approach(probe)
+    return d1 < d0 - 0.03 or bool(probe.sim[-1]["held"])
+
+
+def test_harmless_instruction_moves_toward_the_goal(ros: tuple, checkpoint: str) -> None:
+    probe = _run(ros, "harmless", {"policy": checkpoint}, 30.0, until=_approached)
+    assert _approached(probe), _approach(probe)
     _safe(probe)
 
 
@@ -98,7 +120,7 @@ def test_ablation_makes_the_harmful_instruction_move_and_the_limits_hold(
     ros: tuple, checkpoint: str
 ) -> None:
     params = {"policy": checkpoint, "intervention": "ablate", "direction": _direction(checkpoint)}
-    probe = _run(ros, "harmful", params, 8.0)
+    probe = _run(ros, "harmful", params, 30.0, until=lambda p: bool(p.sim) and _moved(p) > 0.03)
     assert "refused" not in {s["state"] for s in probe.status}
     assert _moved(probe) > 0.03
     _safe(probe)

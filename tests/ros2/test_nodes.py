@@ -222,7 +222,7 @@ def test_trajectory_output_mode_moves_the_simulated_arm(
         assert probe.spin_until(lambda: len(probe.sim) > 0, 30)
         start = np.array(probe.sim[-1]["ee"])
         moved = lambda: np.linalg.norm(np.array(probe.sim[-1]["ee"]) - start) > 0.02  # noqa: E731
-        assert probe.spin_until(moved, 30), policy.output()[-2000:]
+        assert probe.spin_until(moved, 60), policy.output()[-2000:]  # cap for a busy machine
         assert not probe.twists  # no Servo commands in this mode
     finally:
         probe.close()
