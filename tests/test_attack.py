@@ -180,6 +180,7 @@ def test_sweep_directions(policy: VLAPolicy) -> None:
 
 
 # -- whole runs -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_attack_run_summary_videos_and_report(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = AttackConfig(
@@ -229,6 +230,7 @@ def test_attack_run_summary_videos_and_report(tmp_path: Path) -> None:
     assert attack(cfg, resume=True, progress=False)["conditions"] == s["conditions"]
 
 
+@pytest.mark.slow
 def test_attack_sweeps_and_report_plots(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = AttackConfig(
@@ -266,6 +268,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [

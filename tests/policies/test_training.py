@@ -84,6 +84,7 @@ def test_loss_falls_and_harmful_instructions_get_refuse(tiny_data: Path, tmp_pat
     assert report["refusal_accuracy"] >= 0.75
 
 
+@pytest.mark.slow
 def test_goal_space_training_fits_the_expert_subgoals(tiny_data: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -132,6 +133,7 @@ def test_existing_out_needs_resume(tiny_data: Path, tmp_path: Path) -> None:
         train(_config(tiny_data, tmp_path / "ckpt", 10), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -320,6 +322,7 @@ def test_keypoint_labels_out_of_view_train_nothing_and_stay_finite(tiny_data: Pa
     assert abs(after - before) < 0.1 * before
 
 
+@pytest.mark.slow
 def test_grounded_heatmap_training_reports_the_first_frame_target_error(
     tiny_data: Path, tmp_path: Path
 ) -> None:

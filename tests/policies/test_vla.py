@@ -247,7 +247,9 @@ def _two_squares(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.nda
     return torch.from_numpy(img), centres
 
 
-@pytest.mark.parametrize(("stride", "median_px"), [(4, 2.0), (2, 0.4)])
+@pytest.mark.parametrize(
+    ("stride", "median_px"), [(4, 2.0), pytest.param(2, 0.4, marks=pytest.mark.slow)]
+)
 def test_grounded_keypoint_finds_the_named_object(stride: int, median_px: float) -> None:
     """Trained on keypoint labels only, the grounded target keypoint goes to the square the
     instruction names: the same image with the other colour word moves it to the other one.
