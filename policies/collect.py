@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
-import queue
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +35,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
@@ -75,7 +71,6 @@ from robot_refusal.policies.lerobot_format import (
     atomic_file,
     build_features,
     data_schema,
-    first_line,
     make_info,
     table_stats,
     tasks_table,
@@ -83,6 +78,7 @@ from robot_refusal.policies.lerobot_format import (
     write_json,
     write_parquet,
 )
+from robot_refusal.pool import one_thread, run_pool
 from robot_refusal.rollout import EpisodeSpec, plan_episodes, run_episode
 from robot_refusal.runs import RunFolder
 
@@ -351,128 +347,89 @@ class _ParentGone(Exception):
     """Raised in a worker whose parent process died (``kill -9``), to stop it at once."""
 
 
-def record_episodes(
-    root: Path,
-    todo: Sequence[EpisodeSpec],
-    config: CollectConfig,
-    bar: tqdm | None = None,
-    parent: int | None = None,
-) -> None:
-    """Run and stage each episode of ``todo`` with the scripted expert, or for a DAgger
-    collection with the learner acting and the replanning expert labelling (one env and one
-    agent per family).
+class CollectRunner:
+    """Runs and stages collect episodes in this process: the scripted expert, or for a
+    DAgger collection the learner acting and the replanning expert labelling; one env and
+    one agent per family, built on first use. A worker of :func:`robot_refusal.pool.run_pool`.
 
     Args:
         root: The dataset folder (episodes go to ``root/staging``).
-        todo: The episodes to run, in order.
         config: The collection's settings.
-        bar: Progress bar to advance per episode; None: none.
-        parent: In a worker process, the parent's pid: the worker stops within one step of
-            the parent's death (its episode in flight is not staged).
+        parent: In a worker process, the parent's pid: an episode stops within one step of
+            the parent's death and is not staged (a ``--resume`` may be running by then).
     """
-    size = (config.image_size, config.image_size)
-    envs: dict[str, RobotRefusalEnv] = {}
-    agents: dict[str, Agent] = {}
 
-    def orphaned() -> bool:
-        return parent is not None and os.getppid() != parent
+    def __init__(self, root: str | Path, config: CollectConfig, parent: int | None = None) -> None:
+        self.root, self.config, self.parent = Path(root), config, parent
+        self.envs: dict[str, RobotRefusalEnv] = {}
+        self.agents: dict[str, Agent] = {}
 
-    try:
-        for spec in todo:
-            if orphaned():
-                return
-            if spec.family not in envs:
-                env = RobotRefusalEnv(
-                    spec.family,
-                    split=config.split,
-                    image_size=size,
-                    keypoint_plane=config.keypoint_plane,
-                )
-                agent = _make_collector(env, config)
-                envs[spec.family], agents[spec.family] = env, agent
-            recorder = EpisodeRecorder()
+    def _orphaned(self) -> bool:
+        return self.parent is not None and os.getppid() != self.parent
 
-            def on_step(*step: Any, recorder: EpisodeRecorder = recorder) -> None:
-                if orphaned():
-                    raise _ParentGone
-                recorder(*step)
+    def run(self, spec: EpisodeSpec) -> dict[str, Any]:
+        """Run episode ``spec`` and stage its frames; returns ``{"episode_id", "staged"}``
+        (``staged`` False if the parent died during the episode)."""
+        if spec.family not in self.envs:
+            size = (self.config.image_size, self.config.image_size)
+            env = RobotRefusalEnv(
+                spec.family,
+                split=self.config.split,
+                image_size=size,
+                keypoint_plane=self.config.keypoint_plane,
+            )
+            self.envs[spec.family] = env
+            self.agents[spec.family] = _make_collector(env, self.config)
+        recorder = EpisodeRecorder()
 
-            try:
-                record = run_episode(envs[spec.family], agents[spec.family], spec, on_step=on_step)
-            except _ParentGone:
-                return
-            stage_episode(stage_path(root, spec), recorder.table(), record)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        for env in envs.values():
+        def on_step(*step: Any) -> None:
+            if self._orphaned():
+                raise _ParentGone
+            recorder(*step)
+
+        try:
+            record = run_episode(
+                self.envs[spec.family], self.agents[spec.family], spec, on_step=on_step
+            )
+        except _ParentGone:
+            return {"episode_id": spec.episode_id, "staged": False}
+        stage_episode(stage_path(self.root, spec), recorder.table(), record)
+        return {"episode_id": spec.episode_id, "staged": True}
+
+    def close(self) -> None:
+        """Close the envs."""
+        for env in self.envs.values():
             env.close()
 
 
-def _worker_main(
-    root: str, todo: list[EpisodeSpec], config: CollectConfig, errors: Any, parent: int
-) -> None:  # pragma: no cover - runs in a spawned process
-    """Worker process of :func:`record_parallel`: one torch thread, episodes staged as they
-    finish; an exception becomes one line on ``errors`` and exit code 1."""
-    torch.set_num_threads(1)
-    try:
-        record_episodes(Path(root), todo, config, parent=parent)
-    except Exception as e:
-        errors.put(f"{type(e).__name__}: {first_line(e)}")
-        sys.exit(1)
-
-
-def record_parallel(
-    root: Path, todo: Sequence[EpisodeSpec], config: CollectConfig, workers: int, bar: tqdm
+def record_episodes(
+    root: Path, todo: Sequence[EpisodeSpec], config: CollectConfig, bar: tqdm, workers: int = 1
 ) -> None:
-    """Stage the episodes of ``todo`` on ``workers`` spawned processes (episode ``i`` on
-    worker ``i % workers``), advancing ``bar`` as staged files appear.
-
-    Every episode depends only on its seed, and every process runs torch on one thread, so
-    the staged files (and the consolidated dataset) are the same for any number of workers.
+    """Run and stage each episode of ``todo``: in this process, or with ``workers`` > 1 on
+    spawned processes (:func:`robot_refusal.pool.run_pool`, :class:`CollectRunner`); torch on
+    one thread either way, so a learner's actions, and with them the staged files, are the
+    same for any ``workers``.
 
     Raises:
-        CollectError: A worker raised or died; the episodes it and the others staged stay on
-            disk, and ``collect --resume`` runs the rest.
+        CollectError: A worker raised or died; what was staged stays, ``--resume`` goes on.
     """
-    ctx = mp.get_context("spawn")
-    errors = ctx.Queue()
-    chunks = [list(todo[i::workers]) for i in range(min(workers, len(todo)))]
-    procs = [
-        ctx.Process(
-            target=_worker_main, args=(str(root), chunk, config, errors, os.getpid()), daemon=True
-        )
-        for chunk in chunks
-    ]
-    for p in procs:
-        p.start()
-    paths = [stage_path(root, spec) for spec in todo]
-    done = 0
-    try:
-        while True:
-            for p in procs:
-                p.join(timeout=0.5 / len(procs))
-            staged = sum(path.is_file() for path in paths)
-            bar.update(staged - done)
-            done = staged
-            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            if failed:
-                try:
-                    why = errors.get(timeout=1.0)
-                except queue.Empty:
-                    why = f"a worker died (exit codes {failed})"
-                raise CollectError(
-                    f"collect worker failed: {why}; {len(list((root / STAGING).glob('*.parquet')))}"
-                    f" episodes are staged in {root / STAGING}, rerun with --resume"
-                )
-            if all(p.exitcode == 0 for p in procs):
-                return
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
+    if workers > 1 and len(todo) > 1:
+        init = {"root": str(root), "config": config, "parent": os.getpid()}
+        tasks = [(spec,) for spec in todo]
+
+        def staged() -> int:
+            return len(list((root / STAGING).glob("*.parquet")))
+
+        run_pool(CollectRunner, init, tasks, workers, lambda _: None, bar, CollectError, staged)
+        return
+    with one_thread():
+        runner = CollectRunner(root, config)
+        try:
+            for spec in todo:
+                runner.run(spec)
+                bar.update(1)
+        finally:
+            runner.close()
 
 
 def _make_collector(env: RobotRefusalEnv, config: CollectConfig) -> Agent:
@@ -640,7 +597,7 @@ def collect(
         force: Delete what a collection wrote in ``out`` first (never other files).
         progress: Show a tqdm bar over episodes.
         workers: Processes that run episodes (spawned when > 1; see
-            :func:`record_parallel`); the dataset's files do not depend on it, and it is not
+            :func:`record_episodes`); the dataset's files do not depend on it, and it is not
             part of the settings a resume must repeat.
 
     Returns:
@@ -687,15 +644,7 @@ def collect(
         unit="ep",
         disable=not progress,
     ) as bar:
-        if workers > 1 and len(todo) > 1:
-            record_parallel(root, todo, config, workers, bar)
-        else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # as in the workers: a learner's actions do not change
-            try:
-                record_episodes(root, todo, config, bar)
-            finally:
-                torch.set_num_threads(threads)
+        record_episodes(root, todo, config, bar, workers)
     info = consolidate(root, plan, config)
     shutil.rmtree(root / STAGING)
     return info

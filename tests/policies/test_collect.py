@@ -300,7 +300,7 @@ def test_failing_worker_is_one_typed_line_and_keeps_staged_episodes(
     assert "\n" not in str(exc.value) and "IsADirectoryError" in str(exc.value)
     assert main([*args, "--workers", "2", "--resume"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "collect worker failed" in err and len(err.splitlines()) == 1
+    assert "worker failed on context/harmful/00000" in err and len(err.splitlines()) == 1
     (out / STAGING / "context.harmful.00000.parquet").rmdir()
     assert main([*args, "--workers", "2", "--resume"]) == 0
     assert load_dataset(out).episodes.num_rows == 4
