@@ -78,7 +78,7 @@ from robot_refusal.policies.lerobot_format import (
     write_json,
     write_parquet,
 )
-from robot_refusal.pool import one_thread, run_pool
+from robot_refusal.pool import run_tasks
 from robot_refusal.rollout import EpisodeSpec, plan_episodes, run_episode
 from robot_refusal.runs import RunFolder
 
@@ -350,17 +350,19 @@ class _ParentGone(Exception):
 class CollectRunner:
     """Runs and stages collect episodes in this process: the scripted expert, or for a
     DAgger collection the learner acting and the replanning expert labelling; one env and
-    one agent per family, built on first use. A worker of :func:`robot_refusal.pool.run_pool`.
+    one agent per family, built on first use. The runner of :func:`robot_refusal.pool.run_tasks`.
 
     Args:
         root: The dataset folder (episodes go to ``root/staging``).
         config: The collection's settings.
-        parent: In a worker process, the parent's pid: an episode stops within one step of
-            the parent's death and is not staged (a ``--resume`` may be running by then).
+        parent: The pid of the process that started the collection: in a worker, an episode
+            stops within one step of that process's death and is not staged (a ``--resume``
+            may be running by then); in that process itself, or None, nothing is watched.
     """
 
     def __init__(self, root: str | Path, config: CollectConfig, parent: int | None = None) -> None:
-        self.root, self.config, self.parent = Path(root), config, parent
+        self.root, self.config = Path(root), config
+        self.parent = None if parent == os.getpid() else parent  # in the parent: none to watch
         self.envs: dict[str, RobotRefusalEnv] = {}
         self.agents: dict[str, Agent] = {}
 
@@ -406,30 +408,20 @@ def record_episodes(
     root: Path, todo: Sequence[EpisodeSpec], config: CollectConfig, bar: tqdm, workers: int = 1
 ) -> None:
     """Run and stage each episode of ``todo``: in this process, or with ``workers`` > 1 on
-    spawned processes (:func:`robot_refusal.pool.run_pool`, :class:`CollectRunner`); torch on
+    spawned processes (:func:`robot_refusal.pool.run_tasks`, :class:`CollectRunner`); torch on
     one thread either way, so a learner's actions, and with them the staged files, are the
     same for any ``workers``.
 
     Raises:
         CollectError: A worker raised or died; what was staged stays, ``--resume`` goes on.
     """
-    if workers > 1 and len(todo) > 1:
-        init = {"root": str(root), "config": config, "parent": os.getpid()}
-        tasks = [(spec,) for spec in todo]
+    init = {"root": str(root), "config": config, "parent": os.getpid()}
 
-        def staged() -> int:
-            return len(list((root / STAGING).glob("*.parquet")))
+    def staged() -> int:
+        return len(list((root / STAGING).glob("*.parquet")))
 
-        run_pool(CollectRunner, init, tasks, workers, lambda _: None, bar, CollectError, staged)
-        return
-    with one_thread():
-        runner = CollectRunner(root, config)
-        try:
-            for spec in todo:
-                runner.run(spec)
-                bar.update(1)
-        finally:
-            runner.close()
+    tasks = [(spec,) for spec in todo]
+    run_tasks(CollectRunner, init, tasks, workers, lambda _: None, bar, CollectError, staged)
 
 
 def _make_collector(env: RobotRefusalEnv, config: CollectConfig) -> Agent:

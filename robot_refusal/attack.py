@@ -50,7 +50,7 @@ from robot_refusal.errors import (
 )
 from robot_refusal.metrics import summarize
 from robot_refusal.policies.policy import VLAPolicy, resolve_checkpoint
-from robot_refusal.pool import one_thread, run_pool
+from robot_refusal.pool import one_thread, run_tasks
 from robot_refusal.rollout import (
     EpisodeSpec,
     in_plan_order,
@@ -601,26 +601,7 @@ def attack(
         disable=not progress,
     )
     try:
-        if todo and cfg.workers > 1:
-            run_pool(
-                EpisodeRunner,
-                init,
-                todo,
-                cfg.workers,
-                run.append,
-                bar,
-                AttackError,
-                run.count,
-            )
-        elif todo:
-            with one_thread():
-                runner = EpisodeRunner(**init)
-                try:
-                    for name, ep in todo:
-                        run.append(runner.run(name, ep))
-                        bar.update(1)
-                finally:
-                    runner.close()
+        run_tasks(EpisodeRunner, init, todo, cfg.workers, run.append, bar, AttackError, run.count)
     finally:
         bar.close()
     order = [s.name for s in specs]

@@ -1,4 +1,4 @@
-"""Closed-loop episodes on spawned worker processes (``attack --workers``, ``eval --workers``).
+"""Closed-loop episodes on spawned worker processes (``--workers`` of eval, attack, collect).
 
 Each worker builds one *runner* (its envs and its loaded policy) from keyword arguments, sets
 torch to one intra-op thread, and runs tasks from a queue until it meets ``None``; the parent
@@ -154,3 +154,32 @@ def run_pool(
                 p.terminate()
         for p in procs:
             p.join(timeout=5)
+
+
+def run_tasks(
+    make_runner: Callable[..., Runner],
+    init: dict[str, Any],
+    todo: Sequence[tuple[Any, ...]],
+    workers: int,
+    on_record: Callable[[dict[str, Any]], None],
+    bar: tqdm,
+    error: type[RobotRefusalError],
+    saved: Callable[[], int],
+) -> None:
+    """Run every task of ``todo``: on :func:`run_pool` when ``workers`` > 1 and there are two
+    tasks or more, else in this process with one runner and torch on one thread (the numeric
+    setting of the workers, so the records do not depend on ``workers``). Arguments and
+    errors as in :func:`run_pool`; in this process the runner's own exceptions propagate."""
+    if not todo:
+        return
+    if workers > 1 and len(todo) > 1:
+        run_pool(make_runner, init, todo, workers, on_record, bar, error, saved)
+        return
+    with one_thread():
+        runner = make_runner(**init)
+        try:
+            for task in todo:
+                on_record(runner.run(*task))
+                bar.update(1)
+        finally:
+            runner.close()

@@ -24,7 +24,7 @@ from robot_refusal.envs.scenarios import LABELS, SPLITS
 from robot_refusal.envs.task import COST_NAMES
 from robot_refusal.errors import ConfigError, UnknownNameError, WorkerError
 from robot_refusal.metrics import summarize
-from robot_refusal.pool import one_thread, run_pool
+from robot_refusal.pool import run_tasks
 from robot_refusal.runs import SUMMARY, RunFolder
 
 StepHook = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], Agent], None]
@@ -227,7 +227,7 @@ def evaluate(
     """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
 
     Episodes run in this process (``workers`` 1) or on ``workers`` spawned processes
-    (:func:`robot_refusal.pool.run_pool`), torch on one thread either way, so the records are
+    (:func:`robot_refusal.pool.run_tasks`), torch on one thread either way, so the records are
     the same, bit for bit, for any ``workers``; ``episodes.jsonl`` holds them in the order
     they finished.
 
@@ -291,18 +291,8 @@ def evaluate(
         initial=len(plan) - len(todo),
         total=len(plan),
     ) as bar:
-        if workers > 1 and len(todo) > 1:
-            tasks = [(spec,) for spec in todo]
-            run_pool(EvalRunner, init, tasks, workers, run.append, bar, WorkerError, run.count)
-        elif todo:
-            with one_thread():
-                runner = EvalRunner(**init)
-                try:
-                    for spec in todo:
-                        run.append(runner.run(spec))
-                        bar.update(1)
-                finally:
-                    runner.close()
+        tasks = [(spec,) for spec in todo]
+        run_tasks(EvalRunner, init, tasks, workers, run.append, bar, WorkerError, run.count)
     summary = {
         "conditions": summarize(in_plan_order(run.records, plan)),
         "policy": policy,
