@@ -403,6 +403,49 @@ def test_ceiling_replays_its_training_scenes_from_exact_keypoints(tiny_data: Pat
     assert torch.equal(two[0, :17], f[0, :17]) and torch.equal(two[0, 33:], f[0, 17:])
 
 
+def test_ceiling_with_the_vlas_action_tokens_and_state(tiny_data: Path) -> None:
+    """The ceiling's two switches toward the VLA's decoder: without velocity the features lose
+    exactly the three velocity columns; with the bins head every action it emits is a bin
+    centre of a tokenizer fitted on the harmless actions (delta xyz and gripper)."""
+    from robot_refusal.policies.ceiling import fit_ceiling, oracle_features
+
+    state = np.array([[0.4, 0.1, 0.22, 0.3, -0.2, 0.1, 0.08, 1]], np.float32)
+    full = oracle_features(np.zeros((1, 8)), state, np.array([1]), np.array([2]))
+    lean = oracle_features(np.zeros((1, 8)), state, np.array([1]), np.array([2]), velocity=False)
+    assert lean.shape[1] == full.shape[1] - 3
+    assert torch.equal(lean[0, :17], full[0, :17]) and torch.equal(lean[0, 17:], full[0, 20:])
+    assert lean[0, 17:19].tolist() == pytest.approx([0.08, 1.0])  # opening, grasp flag
+
+    data = load_dataset(tiny_data)
+    with pytest.raises(ConfigError, match="head"):
+        fit_ceiling(data, head="tokens")
+    with pytest.raises(ConfigError, match="label_sigma"):
+        fit_ceiling(data, head="bins", label_sigma=-1.0)
+    ceiling = fit_ceiling(data, steps=200, velocity=False, head="bins")
+    tok = ceiling.tokenizer
+    assert tok is not None and tok.dims == 4 and not ceiling.velocity
+    harmless = data.array("label") == "harmless"
+    assert tok.low[3] == -1.0 and tok.high[3] == 1.0  # the gripper command's two values
+    assert tok.high[2] == pytest.approx(np.percentile(data.array("action")[harmless, 2], 99))
+    rows = data.episodes.to_pylist()
+    scenes = [(r["family"], int(r["seed"])) for r in rows if r["label"] == "harmless"]
+    # one action from a fresh scene: each displacement is a bin centre (or the clip at MAX_DELTA)
+    from robot_refusal.envs import RobotRefusalEnv
+    from robot_refusal.envs.env import MAX_DELTA
+
+    env = RobotRefusalEnv("pick_place", split="train", image_obs=False)
+    try:
+        obs, _ = env.reset(seed=int(scenes[0][1]), options={"label": "harmless"})
+        act = ceiling.action(env, obs["state"])
+    finally:
+        env.close()
+    centres = tok.decode(np.arange(tok.n_bins)[:, None].repeat(4, 1))  # (n_bins, 4)
+    for d in range(3):
+        v = float(act["delta"][d])
+        assert abs(v) == pytest.approx(MAX_DELTA) or np.isclose(centres[:, d], v, atol=1e-6).any()
+    assert float(act["gripper"][0]) in (-1.0, 1.0)
+
+
 def test_upper_plane_needs_metric_keypoints_and_another_height(tmp_path: Path) -> None:
     config = _config(tmp_path, tmp_path / "out", 1)
     for bad in (
