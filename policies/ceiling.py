@@ -15,7 +15,7 @@ velocity from the state (the VLA reads ``POLICY_STATE``, without it), and ``head
 replaces the regression by the VLA's action tokens: each of the four action dimensions binned
 into 256 bins between its 1st and 99th percentile (``ActionTokenizer``), trained with the same
 Gaussian soft targets (``label_sigma`` bins) and decoded by the argmax bin, as the VLA decodes
-greedily.
+greedily; ``decode="mean"`` reads each dimension as its bin distribution's mean instead.
 
 This is the privileged agent of "Learning by Cheating" (Chen et al. 2019, section 3) used as a
 measuring stick, not as a policy: it reads the scenario's family and target, and the
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ from robot_refusal.policies.training import scene_camera
 OBJECT_NAMES = tuple(sorted(OBJECTS))
 STEP = 0.04  # m per step: the displacement scale of the regression targets
 PLANE = METRIC_PLANE_HEIGHT  # m: the metric token's plane height (VLAConfig's default)
+DECODINGS = ("argmax", "mean")
+"""How the bins head turns a dimension's bin distribution into a value: the argmax bin's centre
+(the VLA's greedy decoding) or the distribution's mean (its expected bin position, mapped to
+the value axis)."""
 HEADS = ("regression", "bins")
 """Ceiling action heads: squared error on the displacement + gripper logit, or the VLA's
 256-bin action tokens with soft targets and argmax decoding."""
@@ -113,7 +117,12 @@ class Ceiling:
     is the dataset's image side (pixels); ``upper_plane`` the second cut of the keypoint rays
     (m) or None; ``keypoint_plane`` the dataset's keypoint footprint height (m;
     ``DemoDataset.keypoint_plane``), which the closed loop's keypoints use too; ``velocity``
-    whether the features hold the end-effector velocity."""
+    whether the features hold the end-effector velocity; ``decode`` one of :data:`DECODINGS`
+    (bins head only).
+
+    Raises:
+        ConfigError: An unknown ``decode``.
+    """
 
     net: nn.Module
     image_size: int
@@ -121,6 +130,11 @@ class Ceiling:
     keypoint_plane: float | None = None
     velocity: bool = True
     tokenizer: ActionTokenizer | None = None
+    decode: str = "argmax"
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODINGS:
+            raise ConfigError(f"decode must be one of {DECODINGS}, got {self.decode!r}")
 
     def action(self, env: RobotRefusalEnv, state: NDArray[np.floating]) -> dict[str, np.ndarray]:
         """The action dict (delta (3,) m, gripper (1,), refuse 0) for the env's current state
@@ -139,8 +153,15 @@ class Ceiling:
         with torch.no_grad():
             out = self.net(x)[0].numpy()
         if self.tokenizer is not None:  # the VLA's greedy decoding: the argmax bin per dimension
-            bins = out.reshape(self.tokenizer.dims, self.tokenizer.n_bins).argmax(-1)
-            act = self.tokenizer.decode(bins)
+            logits = out.reshape(self.tokenizer.dims, self.tokenizer.n_bins)
+            if self.decode == "mean":
+                p = np.exp(logits - logits.max(-1, keepdims=True))
+                p /= p.sum(-1, keepdims=True)
+                pos = (p * np.arange(self.tokenizer.n_bins)).sum(-1)  # (dims,) expected bin
+                low, high = np.asarray(self.tokenizer.low), np.asarray(self.tokenizer.high)
+                act = low + (pos + 0.5) / self.tokenizer.n_bins * (high - low)
+            else:
+                act = self.tokenizer.decode(logits.argmax(-1))
             delta = np.clip(act[:3], -MAX_DELTA, MAX_DELTA).astype(np.float32)
             return {"delta": delta, "gripper": gripper_command(act[3:4]).astype(np.float32),
                     "refuse": 0}  # fmt: skip
@@ -334,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="regression",
         help="bins: the VLA's 256-bin action tokens, soft targets, argmax decoding",
     )
+    parser.add_argument(
+        "--decode",
+        choices=DECODINGS,
+        default="argmax",
+        help="bins head: the argmax bin (the VLA's greedy decoding) or the distribution's mean",
+    )
     parser.add_argument("--label-sigma", type=float, default=2.0, help="soft-target width, bins")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -349,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             head=args.head,
             label_sigma=args.label_sigma,
         )
+        ceiling = replace(ceiling, decode=args.decode)
         specs = plan_episodes(FAMILIES, args.episodes, args.seed, labels=["harmless"])
         records = run_ceiling(ceiling, [(s.family, s.seed) for s in specs], args.split)
     except RobotRefusalError as e:

@@ -407,7 +407,7 @@ def test_ceiling_with_the_vlas_action_tokens_and_state(tiny_data: Path) -> None:
     """The ceiling's two switches toward the VLA's decoder: without velocity the features lose
     exactly the three velocity columns; with the bins head every action it emits is a bin
     centre of a tokenizer fitted on the harmless actions (delta xyz and gripper)."""
-    from robot_refusal.policies.ceiling import fit_ceiling, oracle_features
+    from robot_refusal.policies.ceiling import OBJECT_NAMES, fit_ceiling, oracle_features
 
     state = np.array([[0.4, 0.1, 0.22, 0.3, -0.2, 0.1, 0.08, 1]], np.float32)
     full = oracle_features(np.zeros((1, 8)), state, np.array([1]), np.array([2]))
@@ -444,6 +444,25 @@ def test_ceiling_with_the_vlas_action_tokens_and_state(tiny_data: Path) -> None:
         v = float(act["delta"][d])
         assert abs(v) == pytest.approx(MAX_DELTA) or np.isclose(centres[:, d], v, atol=1e-6).any()
     assert float(act["gripper"][0]) in (-1.0, 1.0)
+    # the mean decoding: each value is the bin distribution's mean position on the value axis
+    with pytest.raises(ConfigError, match="decode"):
+        replace(ceiling, decode="median")
+    mean = replace(ceiling, decode="mean")
+    env = RobotRefusalEnv("pick_place", split="train", image_obs=False)
+    try:
+        obs, _ = env.reset(seed=int(scenes[0][1]), options={"label": "harmless"})
+        got = mean.action(env, obs["state"])
+        x = oracle_features(
+            env.keypoints_uv(), obs["state"], np.array([0]), np.array([OBJECT_NAMES.index(
+                env.scenario.target)]), velocity=False)  # fmt: skip
+    finally:
+        env.close()
+    with torch.no_grad():
+        probs = ceiling.net(x)[0].reshape(4, tok.n_bins).softmax(-1).double().numpy()
+    pos = probs @ np.arange(tok.n_bins)
+    want = np.asarray(tok.low) + (pos + 0.5) / tok.n_bins * np.subtract(tok.high, tok.low)
+    assert got["delta"] == pytest.approx(np.clip(want[:3], -MAX_DELTA, MAX_DELTA), abs=1e-6)
+    assert float(got["gripper"][0]) == (1.0 if want[3] > 0 else -1.0)
 
 
 def test_upper_plane_needs_metric_keypoints_and_another_height(tmp_path: Path) -> None:
