@@ -40,6 +40,10 @@ from robot_refusal.policies.configuration_vla import (
     VLAConfig,
 )
 
+ACTION_DECODINGS = ("argmax", "mean")
+"""How :meth:`VLAForActionPrediction.predict_action_tokens` reads an action position: the
+argmax bin (greedy decoding, the default) or the mean of the bin distribution."""
+
 
 def cell_centres(cells: int, pixels: int | None, like: Tensor) -> Tensor:
     """Coordinates (cells,) of heatmap cell centres along one image axis, in keypoint-label
@@ -509,16 +513,31 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         state: Tensor,
         attention_mask: Tensor,
         ee_position: Tensor | None = None,
+        decoding: str = "argmax",
     ) -> tuple[Tensor, Tensor]:
         """Greedy constrained decoding with a KV cache.
 
         The first token is chosen among ``<refuse>`` and the action bins, the next
-        ``action_dim - 1`` among the action bins.
+        ``action_dim - 1`` among the action bins. With ``decoding="mean"`` an action position
+        is read as the mean of its distribution over the bins instead of its argmax (the
+        expected bin index, fractional), and the bin nearest that mean is fed back as the
+        next position's input; the refuse-or-act choice at the first position stays the
+        argmax. The mean is how the HL-Gauss value head reads its bins (Imani & White 2018,
+        section 3; Farebrother et al. 2024, section 3).
+
+        Args:
+            decoding: One of :data:`ACTION_DECODINGS`.
 
         Returns:
-            (tokens (B, action_dim) with ``<refuse>`` then padding for refusals,
-            first-position log-probabilities (B, V) in float32).
+            (tokens (B, action_dim): int64 token ids for ``"argmax"``, float32 fractional
+            ids (ACTION_TOKEN_OFFSET + expected bin) for ``"mean"``; ``<refuse>`` then
+            padding for refusals, first-position log-probabilities (B, V) in float32).
+
+        Raises:
+            ConfigError: An unknown ``decoding``.
         """
+        if decoding not in ACTION_DECODINGS:
+            raise ConfigError(f"decoding must be one of {ACTION_DECODINGS}, got {decoding!r}")
         cfg = self.config
         x, mask, _, _ = self.embed_prefix(
             pixel_values, input_ids, state, attention_mask, ee_position
@@ -531,7 +550,17 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         allowed[:, lo:hi] = 0.0
         first_choice = (first + allowed).clone()
         first_choice[:, REFUSE_ID] = first[:, REFUSE_ID]
+        grid = torch.arange(cfg.n_bins, dtype=torch.float32)
+
+        def expected(logits: Tensor) -> Tensor:  # (B, V) -> (B,) mean bin index
+            return (logits[:, lo:hi].softmax(-1) * grid).sum(-1)
+
         tokens = [first_choice.argmax(-1)]
+        values = [tokens[0].float()]
+        if decoding == "mean":
+            act = tokens[0] != REFUSE_ID
+            values[0] = torch.where(act, lo + expected(first), values[0])
+            tokens[0] = torch.where(act, lo + expected(first).round().long(), tokens[0])
         pos = positions[:, -1]
         for _ in range(cfg.action_dim - 1):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
@@ -544,8 +573,13 @@ class VLAForActionPrediction(VLAPreTrainedModel):
                 use_cache=True,
             )
             nxt = self.lm_head(out.last_hidden_state[:, -1]).float() + allowed
-            tokens.append(nxt.argmax(-1))
-        result = torch.stack(tokens, dim=1)  # (B, action_dim)
+            if decoding == "mean":
+                mean = expected(nxt)
+                values.append(lo + mean)
+                tokens.append(lo + mean.round().long())
+            else:
+                tokens.append(nxt.argmax(-1))
+        result = torch.stack(tokens if decoding == "argmax" else values, dim=1)  # (B, D)
         refused = result[:, 0] == REFUSE_ID
         result[refused, 1:] = 0
         return result, logprobs

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from robot_refusal.errors import CheckpointError
+from robot_refusal.errors import CheckpointError, ConfigError
 from robot_refusal.policies.configuration_vla import (
     REFUSE_ID,
     VLAConfig,
     check_keypoint_window,
 )
-from robot_refusal.policies.modeling_vla import VLAForActionPrediction
+from robot_refusal.policies.modeling_vla import ACTION_DECODINGS, VLAForActionPrediction
 from robot_refusal.policies.processing_vla import VLAProcessor
 
 WEIGHTS_FILE = "model.safetensors"
@@ -70,11 +70,28 @@ class VLAPolicy:
     Args:
         model: The network (put in eval mode).
         processor: Its processor.
+        action_decoding: How action tokens are read (``modeling_vla.ACTION_DECODINGS``):
+            ``"argmax"`` (greedy, as trained and evaluated so far) or ``"mean"`` (each action
+            dimension as the mean of its bin distribution; see
+            ``VLAForActionPrediction.predict_action_tokens``).
+
+    Raises:
+        ConfigError: An unknown ``action_decoding``.
     """
 
-    def __init__(self, model: VLAForActionPrediction, processor: VLAProcessor) -> None:
+    def __init__(
+        self,
+        model: VLAForActionPrediction,
+        processor: VLAProcessor,
+        action_decoding: str = "argmax",
+    ) -> None:
+        if action_decoding not in ACTION_DECODINGS:
+            raise ConfigError(
+                f"action_decoding must be one of {ACTION_DECODINGS}, got {action_decoding!r}"
+            )
         self.model = model.eval()
         self.processor = processor
+        self.action_decoding = action_decoding
         self.refusal_score: float | None = None
 
     @property
@@ -83,7 +100,12 @@ class VLAPolicy:
         return self.processor.image_size
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, keypoint_window: int | None = None) -> VLAPolicy:
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        keypoint_window: int | None = None,
+        action_decoding: str = "argmax",
+    ) -> VLAPolicy:
         """Load a checkpoint folder (safetensors only, no remote code).
 
         Args:
@@ -92,12 +114,18 @@ class VLAPolicy:
                 keypoints are read out of the heatmaps: 0, the expectation over the whole map;
                 r > 0, the soft-argmax around the map's maximum); None keeps the
                 checkpoint's. Saving the policy records the override.
+            action_decoding: ``"argmax"`` or ``"mean"`` (see :class:`VLAPolicy`).
 
         Raises:
             CheckpointError: Missing folder, missing ``config.json`` or weights, or a corrupt
                 or truncated weights file (the message names the file).
-            ConfigError: ``keypoint_window`` outside [0, 8].
+            ConfigError: ``keypoint_window`` outside [0, 8], or an unknown
+                ``action_decoding``.
         """
+        if action_decoding not in ACTION_DECODINGS:
+            raise ConfigError(
+                f"action_decoding must be one of {ACTION_DECODINGS}, got {action_decoding!r}"
+            )
         if keypoint_window is not None:
             check_keypoint_window(keypoint_window)
         path = resolve_checkpoint(folder)
@@ -128,7 +156,7 @@ class VLAPolicy:
             processor = VLAProcessor.from_pretrained(path)
         except Exception as e:
             raise CheckpointError(str(e)) from e
-        return cls(model, processor)
+        return cls(model, processor, action_decoding)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write weights (safetensors), config and processor files into ``folder``."""
@@ -162,7 +190,7 @@ class VLAPolicy:
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
         """Env actions and refusal scores (B,) float64 for a batch of observations."""
         inputs = self.processor(observations)
-        tokens, logprobs = self.model.predict_action_tokens(**inputs)
+        tokens, logprobs = self.model.predict_action_tokens(**inputs, decoding=self.action_decoding)
         actions = self.processor.decode_actions(tokens.cpu().numpy(), observations)
         return actions, refusal_score(logprobs)
 

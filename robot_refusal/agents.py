@@ -41,32 +41,42 @@ def is_checkpoint(name: str) -> bool:
     return name not in AGENTS and ("/" in name or (CHECKPOINTS / name).is_dir())
 
 
-def check_agent(name: str, keypoint_window: int | None = None) -> str:
+def check_agent(
+    name: str, keypoint_window: int | None = None, action_decoding: str | None = None
+) -> str:
     """Return ``name`` if it is a scripted agent or a policy checkpoint (loaded, with the
-    ``keypoint_window`` override when given, to check it).
+    ``keypoint_window`` and ``action_decoding`` overrides when given, to check them).
 
     Raises:
         UnknownNameError: Neither an agent nor a folder; lists the agents.
         CheckpointError: A checkpoint folder that cannot be loaded.
-        ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
+        ConfigError: ``keypoint_window`` or ``action_decoding`` for a scripted agent, or out
+            of range / unknown.
     """
     if name in AGENTS:
         if keypoint_window is not None:
             raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {name!r}")
+        if action_decoding is not None:
+            raise ConfigError(f"action_decoding applies to policy checkpoints, not to {name!r}")
         return name
     if is_checkpoint(name):
-        load_policy(name, keypoint_window)
+        load_policy(name, keypoint_window, action_decoding)
         return name
     raise UnknownNameError("policy (agent name or checkpoint folder)", name, AGENTS)
 
 
 @functools.cache
-def load_policy(name: str, keypoint_window: int | None = None) -> Any:
+def load_policy(
+    name: str, keypoint_window: int | None = None, action_decoding: str | None = None
+) -> Any:
     """The :class:`~robot_refusal.policies.policy.VLAPolicy` of a checkpoint (cached), with
-    its ``VLAConfig.keypoint_window`` overridden unless ``keypoint_window`` is None."""
+    its ``VLAConfig.keypoint_window`` overridden unless ``keypoint_window`` is None, reading
+    its action tokens by ``action_decoding`` (None: ``"argmax"``)."""
     from robot_refusal.policies.policy import VLAPolicy
 
-    return VLAPolicy.from_pretrained(name, keypoint_window=keypoint_window)
+    return VLAPolicy.from_pretrained(
+        name, keypoint_window=keypoint_window, action_decoding=action_decoding or "argmax"
+    )
 
 
 def needs_images(name: str) -> bool:
@@ -79,7 +89,12 @@ def image_size(name: str) -> tuple[int, int]:
     return (64, 64) if name in AGENTS else load_policy(name).image_size
 
 
-def make_agent(name: str, env: gym.Env, keypoint_window: int | None = None) -> Agent:
+def make_agent(
+    name: str,
+    env: gym.Env,
+    keypoint_window: int | None = None,
+    action_decoding: str | None = None,
+) -> Agent:
     """Build agent ``name`` for ``env`` (a fresh policy wrapper per env for checkpoints).
 
     Args:
@@ -87,15 +102,18 @@ def make_agent(name: str, env: gym.Env, keypoint_window: int | None = None) -> A
         env: The env the agent acts in.
         keypoint_window: For a checkpoint, an override of its keypoint readout (see
             :meth:`~robot_refusal.policies.policy.VLAPolicy.from_pretrained`); None keeps it.
+        action_decoding: For a checkpoint, ``"argmax"`` or ``"mean"`` (see
+            :class:`~robot_refusal.policies.policy.VLAPolicy`); None: ``"argmax"``.
 
     Raises:
         UnknownNameError: Listing the known agents.
-        ConfigError: ``keypoint_window`` for a scripted agent, or out of range.
+        ConfigError: ``keypoint_window`` or ``action_decoding`` for a scripted agent, or out
+            of range / unknown.
     """
-    check_agent(name, keypoint_window)
+    check_agent(name, keypoint_window, action_decoding)
     if name in AGENTS:
         return AGENTS[name](env)
     from robot_refusal.policies.policy import VLAPolicy
 
-    shared = load_policy(name, keypoint_window)
-    return VLAPolicy(shared.model, shared.processor)
+    shared = load_policy(name, keypoint_window, action_decoding)
+    return VLAPolicy(shared.model, shared.processor, shared.action_decoding)

@@ -95,6 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.out,
         keypoint_window=args.keypoint_window,
         workers=args.workers,
+        action_decoding=args.action_decoding,
         **_run_kwargs(args),
     )
     print(format_summary(summary))
@@ -316,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoints only: read keypoints as the soft-argmax over the (2R+1)x(2R+1) "
         "heatmap cells around each maximum, overriding the checkpoint's keypoint_window "
         "(0: the expectation over the whole map; default: the checkpoint's own)",
+    )
+    p.add_argument(
+        "--action-decoding",
+        choices=("argmax", "mean"),  # modeling_vla.ACTION_DECODINGS (torch-free here)
+        default=None,
+        help="checkpoints only: read each action token as its argmax bin (default) or as the "
+        "mean of its bin distribution",
     )
     p.add_argument(
         "--workers",

@@ -177,6 +177,7 @@ class EvalRunner:
         split: Instruction split.
         families: Families to build envs for.
         keypoint_window: A checkpoint's keypoint readout override (None: its own).
+        action_decoding: A checkpoint's action-token reading (None: ``"argmax"``).
 
     Raises:
         UnknownNameError, ConfigError, CheckpointError: From the env and agent factories.
@@ -188,6 +189,7 @@ class EvalRunner:
         split: str,
         families: Sequence[str],
         keypoint_window: int | None = None,
+        action_decoding: str | None = None,
     ) -> None:
         self.envs: dict[str, RobotRefusalEnv] = {}
         self.agents: dict[str, Agent] = {}
@@ -196,7 +198,7 @@ class EvalRunner:
                 self.envs[f] = RobotRefusalEnv(
                     f, split=split, image_obs=needs_images(policy), image_size=image_size(policy)
                 )
-                self.agents[f] = make_agent(policy, self.envs[f], keypoint_window)
+                self.agents[f] = make_agent(policy, self.envs[f], keypoint_window, action_decoding)
         except BaseException:
             self.close()
             raise
@@ -223,6 +225,7 @@ def evaluate(
     progress: bool = True,
     keypoint_window: int | None = None,
     workers: int = 1,
+    action_decoding: str | None = None,
 ) -> dict[str, Any]:
     """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
 
@@ -246,18 +249,21 @@ def evaluate(
             None keeps the checkpoint's.
         workers: Processes that run episodes; not part of the run's settings, so a
             ``--resume`` may use another number.
+        action_decoding: For a checkpoint, how its action tokens are read (``"argmax"``,
+            ``"mean"``; see :class:`~robot_refusal.policies.policy.VLAPolicy`), recorded in
+            ``config.json`` and the summary; None: ``"argmax"``.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).
 
     Raises:
         UnknownNameError: Unknown policy, split or family.
-        ConfigError: ``keypoint_window`` for a scripted agent, or out of range; ``workers``
-            < 1.
+        ConfigError: ``keypoint_window`` or ``action_decoding`` for a scripted agent, or out
+            of range / unknown; ``workers`` < 1.
         RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
         WorkerError: A worker process failed or died (the finished episodes stay saved).
     """
-    check_agent(policy, keypoint_window)  # before the run folder is touched
+    check_agent(policy, keypoint_window, action_decoding)  # before the run folder is touched
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if split not in SPLITS:
@@ -274,6 +280,8 @@ def evaluate(
     }
     if keypoint_window is not None:  # left out otherwise, so older run folders resume
         config["keypoint_window"] = keypoint_window
+    if action_decoding is not None:
+        config["action_decoding"] = action_decoding
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]
@@ -282,6 +290,7 @@ def evaluate(
         "split": split,
         "families": families,
         "keypoint_window": keypoint_window,
+        "action_decoding": action_decoding,
     }
     start = time.perf_counter()
     with tqdm(
@@ -297,6 +306,7 @@ def evaluate(
         "conditions": summarize(in_plan_order(run.records, plan)),
         "policy": policy,
         **({} if keypoint_window is None else {"keypoint_window": keypoint_window}),
+        **({} if action_decoding is None else {"action_decoding": action_decoding}),
         "direction": None,
         "seed": seed,
         "split": split,

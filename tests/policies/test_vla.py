@@ -107,6 +107,38 @@ def test_kv_cache_generation_matches_full_forward(obs: dict) -> None:
     assert torch.allclose(full[:, 0].float().log_softmax(-1), logprobs, atol=1e-5)
 
 
+def test_mean_decoding_reads_each_bin_distributions_mean(obs: dict) -> None:
+    """``decoding="mean"``: each action value is the mean bin of its distribution, given the
+    bins nearest the earlier means as inputs (checked against one full forward pass); the
+    refuse-or-act choice is the argmax's; the policy decodes those fractional bins."""
+    pol = tiny_policy()
+    inputs = pol.processor([obs, {**obs, "instruction": TEXTS[1]}])
+    greedy, lp_greedy = pol.model.predict_action_tokens(**inputs)
+    values, logprobs = pol.model.predict_action_tokens(**inputs, decoding="mean")
+    assert values.dtype == torch.float32 and torch.equal(logprobs, lp_greedy)
+    refused = greedy[:, 0] == REFUSE_ID
+    assert torch.equal(values[:, 0] == REFUSE_ID, refused)
+    act = ~refused
+    assert act.any()  # the tiny policy acts on at least one of the two
+    lo = ACTION_TOKEN_OFFSET
+    fed = (lo + (values[act] - lo).round()).long()
+    full = pol.model(**{k: v[act] for k, v in inputs.items()}, action_input_ids=fed[:, :-1])
+    probs = full.logits[:, -4:, lo : lo + 256].float().softmax(-1)  # (b, 4, 256)
+    want = lo + probs @ torch.arange(256, dtype=torch.float32)
+    assert torch.allclose(values[act], want, atol=1e-3)
+    assert ((values[act] >= lo) & (values[act] <= lo + 255)).all()
+    with pytest.raises(ConfigError, match="decoding"):
+        pol.model.predict_action_tokens(**inputs, decoding="median")
+    with pytest.raises(ConfigError, match="action_decoding"):
+        VLAPolicy(pol.model, pol.processor, "median")
+    mean_pol = VLAPolicy(pol.model, pol.processor, "mean")
+    i = int(torch.nonzero(act)[0])
+    a = mean_pol.select_actions([[obs, {**obs, "instruction": TEXTS[1]}][i]])[0][0]
+    bins = values[i].double().numpy() - lo
+    assert a["refuse"] == 0
+    assert a["delta"] == pytest.approx(pol.processor.actions.decode(bins)[:3], abs=1e-6)
+
+
 def test_batched_equals_single(obs: dict) -> None:
     pol = tiny_policy()
     other = {**obs, "instruction": TEXTS[1], "state": obs["state"] + 0.01}
