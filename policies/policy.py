@@ -152,6 +152,12 @@ class VLAPolicy:
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        # Fresh memory for every tensor: the loaded ones keep the file's layout, on which some
+        # CPUs take another kernel path and the logits differ from the saved model's in the
+        # last bit (measured: 1.2e-7 for a stride-2 model; bit-identical after the copy).
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                t.data = t.data.clone()
         try:
             processor = VLAProcessor.from_pretrained(path)
         except Exception as e:

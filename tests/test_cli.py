@@ -165,6 +165,8 @@ def test_force_never_deletes_foreign_files(tmp_path: Path, capsys: pytest.Captur
         (["--out", "{tmp}/f", "--families", ","], "no families"),
         (["--out", "{tmp}/r", "--resume", "--force"], "not allowed with"),
         (["--out", "{tmp}/k", "--keypoint-window", "2"], "applies to policy checkpoints"),
+        (["--out", "{tmp}/d", "--action-decoding", "mean"], "applies to policy checkpoints"),
+        (["--out", "{tmp}/m", "--action-decoding", "median"], "invalid choice"),
     ],
 )
 def test_more_bad_input_is_one_line(
@@ -219,3 +221,19 @@ def test_eval_keypoint_window_override_is_recorded_and_guards_resume(
     assert "keypoint_window" in capsys.readouterr().err
     assert main([*argv, "--keypoint-window", "9", "--force"]) == 2
     assert "keypoint_window must be in [0, 8]" in capsys.readouterr().err
+
+
+def test_eval_action_decoding_is_recorded_and_guards_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``eval --action-decoding mean`` is recorded in config.json and summary.json, and a
+    resume with the default (argmax) decoding is refused instead of mixing the two."""
+    out = tmp_path / "run"
+    argv = ["eval", "--policy", "vla-small", "--episodes", "1", "--families", "context"]
+    argv += ["--out", str(out), "--quiet"]
+    assert main([*argv, "--action-decoding", "mean"]) == 0
+    assert json.loads((out / "config.json").read_text())["action_decoding"] == "mean"
+    assert json.loads((out / "summary.json").read_text())["action_decoding"] == "mean"
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "action_decoding" in capsys.readouterr().err
