@@ -41,6 +41,18 @@ def check_keypoint_window(radius: int, name: str = "keypoint_window") -> None:
         raise ConfigError(f"{name} must be in [0, {MAX_KEYPOINT_WINDOW}] cells, got {radius}")
 
 
+ACTION_DECODINGS = ("argmax", "mean")
+"""How an action position is read: the argmax bin (greedy decoding, the default) or the mean
+of the bin distribution (``VLAForActionPrediction.predict_action_tokens``)."""
+
+
+def check_action_decoding(decoding: str, name: str = "action_decoding") -> None:
+    """Raise :class:`ConfigError` unless ``decoding`` is one of :data:`ACTION_DECODINGS`.
+    ``name`` is the setting the message names."""
+    if decoding not in ACTION_DECODINGS:
+        raise ConfigError(f"{name} must be one of {ACTION_DECODINGS}, got {decoding!r}")
+
+
 class VLAConfig(PretrainedConfig):
     """Configuration of :class:`~robot_refusal.policies.modeling_vla.VLAForActionPrediction`.
 
@@ -100,13 +112,17 @@ class VLAConfig(PretrainedConfig):
             the soft-argmax over the (2r+1) x (2r+1) cells around the map's maximum
             (``modeling_vla.local_soft_argmax``), which does not fall between two modes. The
             weights do not depend on it, so a trained checkpoint can be read out either way.
+        action_decoding: How action tokens are read at run time when the caller does not
+            say: ``"argmax"`` (greedy, as trained) or ``"mean"`` (each action position as
+            the mean of its bin distribution). Also independent of the weights.
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
 
     Raises:
         ConfigError: ``grounded_keypoints`` or ``metric_keypoints`` outside
             ``[0, num_keypoints]``; ``keypoint_stride`` not 2 or 4; ``metric_keypoints``
             without a 16-float camera matrix; ``metric_upper_plane_height`` equal to
-            ``metric_plane_height``; ``keypoint_window`` outside [0, 8].
+            ``metric_plane_height``; ``keypoint_window`` outside [0, 8]; an unknown
+            ``action_decoding``.
     """
 
     model_type = "robot_refusal_vla"
@@ -134,6 +150,7 @@ class VLAConfig(PretrainedConfig):
         metric_plane_height: float = METRIC_PLANE_HEIGHT,
         metric_upper_plane_height: float | None = None,
         keypoint_window: int = 0,
+        action_decoding: str = "argmax",
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         **kwargs: Any,
@@ -184,6 +201,8 @@ class VLAConfig(PretrainedConfig):
         self.metric_upper_plane_height = metric_upper_plane_height
         check_keypoint_window(keypoint_window)
         self.keypoint_window = int(keypoint_window)
+        check_action_decoding(action_decoding)
+        self.action_decoding = action_decoding
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)

@@ -34,15 +34,12 @@ from transformers import DynamicCache, LlamaModel, PreTrainedModel
 from robot_refusal.errors import ConfigError
 from robot_refusal.policies.configuration_vla import (
     ACT_ID,
+    ACTION_DECODINGS,
     ACTION_TOKEN_OFFSET,
     REFUSE_ID,
     SEP_ID,
     VLAConfig,
 )
-
-ACTION_DECODINGS = ("argmax", "mean")
-"""How :meth:`VLAForActionPrediction.predict_action_tokens` reads an action position: the
-argmax bin (greedy decoding, the default) or the mean of the bin distribution."""
 
 
 def cell_centres(cells: int, pixels: int | None, like: Tensor) -> Tensor:
@@ -513,7 +510,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         state: Tensor,
         attention_mask: Tensor,
         ee_position: Tensor | None = None,
-        decoding: str = "argmax",
+        decoding: str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Greedy constrained decoding with a KV cache.
 
@@ -526,7 +523,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         section 3; Farebrother et al. 2024, section 3).
 
         Args:
-            decoding: One of :data:`ACTION_DECODINGS`.
+            decoding: One of :data:`ACTION_DECODINGS`; None: ``config.action_decoding``.
 
         Returns:
             (tokens (B, action_dim): int64 token ids for ``"argmax"``, float32 fractional
@@ -536,6 +533,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         Raises:
             ConfigError: An unknown ``decoding``.
         """
+        if decoding is None:
+            decoding = self.config.action_decoding
         if decoding not in ACTION_DECODINGS:
             raise ConfigError(f"decoding must be one of {ACTION_DECODINGS}, got {decoding!r}")
         cfg = self.config

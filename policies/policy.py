@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from robot_refusal.errors import CheckpointError, ConfigError
+from robot_refusal.errors import CheckpointError
 from robot_refusal.policies.configuration_vla import (
     REFUSE_ID,
     VLAConfig,
+    check_action_decoding,
     check_keypoint_window,
 )
-from robot_refusal.policies.modeling_vla import ACTION_DECODINGS, VLAForActionPrediction
+from robot_refusal.policies.modeling_vla import VLAForActionPrediction
 from robot_refusal.policies.processing_vla import VLAProcessor
 
 WEIGHTS_FILE = "model.safetensors"
@@ -70,10 +71,12 @@ class VLAPolicy:
     Args:
         model: The network (put in eval mode).
         processor: Its processor.
-        action_decoding: How action tokens are read (``modeling_vla.ACTION_DECODINGS``):
-            ``"argmax"`` (greedy, as trained and evaluated so far) or ``"mean"`` (each action
-            dimension as the mean of its bin distribution; see
-            ``VLAForActionPrediction.predict_action_tokens``).
+        action_decoding: How action tokens are read (``configuration_vla.ACTION_DECODINGS``):
+            ``"argmax"`` (greedy) or ``"mean"`` (each action dimension as the mean of its bin
+            distribution; see ``VLAForActionPrediction.predict_action_tokens``). None keeps
+            the checkpoint's ``VLAConfig.action_decoding``; a value is written into the
+            model's config, so that :meth:`save_pretrained` records it and every wrapper of
+            the same model reads its tokens the same way.
 
     Raises:
         ConfigError: An unknown ``action_decoding``.
@@ -83,16 +86,19 @@ class VLAPolicy:
         self,
         model: VLAForActionPrediction,
         processor: VLAProcessor,
-        action_decoding: str = "argmax",
+        action_decoding: str | None = None,
     ) -> None:
-        if action_decoding not in ACTION_DECODINGS:
-            raise ConfigError(
-                f"action_decoding must be one of {ACTION_DECODINGS}, got {action_decoding!r}"
-            )
+        if action_decoding is not None:
+            check_action_decoding(action_decoding)
+            model.config.action_decoding = action_decoding
         self.model = model.eval()
         self.processor = processor
-        self.action_decoding = action_decoding
         self.refusal_score: float | None = None
+
+    @property
+    def action_decoding(self) -> str:
+        """How this policy reads its action tokens: ``"argmax"`` or ``"mean"``."""
+        return str(self.model.config.action_decoding)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -104,7 +110,7 @@ class VLAPolicy:
         cls,
         folder: str | Path,
         keypoint_window: int | None = None,
-        action_decoding: str = "argmax",
+        action_decoding: str | None = None,
     ) -> VLAPolicy:
         """Load a checkpoint folder (safetensors only, no remote code).
 
@@ -114,7 +120,9 @@ class VLAPolicy:
                 keypoints are read out of the heatmaps: 0, the expectation over the whole map;
                 r > 0, the soft-argmax around the map's maximum); None keeps the
                 checkpoint's. Saving the policy records the override.
-            action_decoding: ``"argmax"`` or ``"mean"`` (see :class:`VLAPolicy`).
+            action_decoding: Override of the checkpoint's ``VLAConfig.action_decoding``
+                (``"argmax"`` or ``"mean"``, see :class:`VLAPolicy`); None keeps the
+                checkpoint's. Saving the policy records the override.
 
         Raises:
             CheckpointError: Missing folder, missing ``config.json`` or weights, or a corrupt
@@ -122,10 +130,8 @@ class VLAPolicy:
             ConfigError: ``keypoint_window`` outside [0, 8], or an unknown
                 ``action_decoding``.
         """
-        if action_decoding not in ACTION_DECODINGS:
-            raise ConfigError(
-                f"action_decoding must be one of {ACTION_DECODINGS}, got {action_decoding!r}"
-            )
+        if action_decoding is not None:
+            check_action_decoding(action_decoding)
         if keypoint_window is not None:
             check_keypoint_window(keypoint_window)
         path = resolve_checkpoint(folder)
@@ -138,6 +144,8 @@ class VLAPolicy:
             raise CheckpointError(f"{path / CONFIG_FILE} is not a VLA config ({e})") from e
         if keypoint_window is not None:
             config.keypoint_window = keypoint_window
+        if action_decoding is not None:
+            config.action_decoding = action_decoding
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a 60-tensor checkpoint loads in milliseconds
         try:
@@ -162,7 +170,7 @@ class VLAPolicy:
             processor = VLAProcessor.from_pretrained(path)
         except Exception as e:
             raise CheckpointError(str(e)) from e
-        return cls(model, processor, action_decoding)
+        return cls(model, processor)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write weights (safetensors), config and processor files into ``folder``."""

@@ -71,11 +71,12 @@ def load_policy(
 ) -> Any:
     """The :class:`~robot_refusal.policies.policy.VLAPolicy` of a checkpoint (cached), with
     its ``VLAConfig.keypoint_window`` overridden unless ``keypoint_window`` is None, reading
-    its action tokens by ``action_decoding`` (None: ``"argmax"``)."""
+    its action tokens by ``action_decoding`` (None: the checkpoint's
+    ``VLAConfig.action_decoding``)."""
     from robot_refusal.policies.policy import VLAPolicy
 
     return VLAPolicy.from_pretrained(
-        name, keypoint_window=keypoint_window, action_decoding=action_decoding or "argmax"
+        name, keypoint_window=keypoint_window, action_decoding=action_decoding
     )
 
 
@@ -103,7 +104,7 @@ def make_agent(
         keypoint_window: For a checkpoint, an override of its keypoint readout (see
             :meth:`~robot_refusal.policies.policy.VLAPolicy.from_pretrained`); None keeps it.
         action_decoding: For a checkpoint, ``"argmax"`` or ``"mean"`` (see
-            :class:`~robot_refusal.policies.policy.VLAPolicy`); None: ``"argmax"``.
+            :class:`~robot_refusal.policies.policy.VLAPolicy`); None keeps the checkpoint's.
 
     Raises:
         UnknownNameError: Listing the known agents.
@@ -116,4 +117,4 @@ def make_agent(
     from robot_refusal.policies.policy import VLAPolicy
 
     shared = load_policy(name, keypoint_window, action_decoding)
-    return VLAPolicy(shared.model, shared.processor, shared.action_decoding)
+    return VLAPolicy(shared.model, shared.processor)

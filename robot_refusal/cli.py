@@ -322,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--action-decoding",
         choices=("argmax", "mean"),  # modeling_vla.ACTION_DECODINGS (torch-free here)
         default=None,
-        help="checkpoints only: read each action token as its argmax bin (default) or as the "
-        "mean of its bin distribution",
+        help="checkpoints only: read each action token as its argmax bin or as the mean of its "
+        "bin distribution, overriding the checkpoint's action_decoding (default: the "
+        "checkpoint's own, argmax unless its config.json says otherwise)",
     )
     p.add_argument(
         "--workers",

@@ -177,7 +177,7 @@ class EvalRunner:
         split: Instruction split.
         families: Families to build envs for.
         keypoint_window: A checkpoint's keypoint readout override (None: its own).
-        action_decoding: A checkpoint's action-token reading (None: ``"argmax"``).
+        action_decoding: A checkpoint's action-token reading (None: its own).
 
     Raises:
         UnknownNameError, ConfigError, CheckpointError: From the env and agent factories.
@@ -251,7 +251,7 @@ def evaluate(
             ``--resume`` may use another number.
         action_decoding: For a checkpoint, how its action tokens are read (``"argmax"``,
             ``"mean"``; see :class:`~robot_refusal.policies.policy.VLAPolicy`), recorded in
-            ``config.json`` and the summary; None: ``"argmax"``.
+            ``config.json`` and the summary; None keeps the checkpoint's.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,37 @@ def test_mean_decoding_reads_each_bin_distributions_mean(obs: dict) -> None:
     bins = values[i].double().numpy() - lo
     assert a["refuse"] == 0
     assert a["delta"] == pytest.approx(pol.processor.actions.decode(bins)[:3], abs=1e-6)
+
+
+def test_action_decoding_is_saved_in_the_config(tmp_path: Path, obs: dict) -> None:
+    """A policy saved with ``action_decoding="mean"`` reloads reading its tokens by the mean
+    (the same actions as before saving); ``from_pretrained(action_decoding=)`` overrides it;
+    an unknown value in ``config.json`` is a ``CheckpointError`` naming the file."""
+    pol = tiny_policy()
+    assert pol.action_decoding == "argmax"
+    inputs = pol.processor([obs])
+    greedy, _ = pol.model.predict_action_tokens(**inputs)
+    assert greedy.dtype == torch.int64
+    VLAPolicy(pol.model, pol.processor, "mean").save_pretrained(tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert cfg["action_decoding"] == "mean"
+    again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert again.action_decoding == "mean"
+    values, _ = again.model.predict_action_tokens(**again.processor([obs]))
+    want, _ = pol.model.predict_action_tokens(**inputs, decoding="mean")
+    assert values.dtype == torch.float32 and torch.equal(values, want)
+    assert again.select_action(obs)["delta"] == pytest.approx(
+        pol.select_action(obs)["delta"], abs=0
+    )
+    assert VLAPolicy.from_pretrained(
+        tmp_path / "ckpt", action_decoding="argmax"
+    ).action_decoding == ("argmax")
+    with pytest.raises(ConfigError, match="action_decoding"):
+        VLAConfig(action_decoding="median")
+    cfg["action_decoding"] = "median"
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.json.*action_decoding"):
+        VLAPolicy.from_pretrained(tmp_path / "ckpt")
 
 
 def test_batched_equals_single(obs: dict) -> None:
