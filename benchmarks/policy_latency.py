@@ -1,12 +1,14 @@
 """Latency of ``VLAPolicy.select_action`` at batch 1 on the CPU (median and p99, ms).
 
 Run: ``python benchmarks/policy_latency.py [--policy vla-small] [--steps 300] [--threads 2]
-[--keypoint-window R]``. Observations come from real env episodes (test split), so the
-instruction lengths and images are the ones the policy meets in closed loop. Target (issue 3):
+[--keypoint-window R] [--action-decoding mean]``. Observations come from real env episodes
+(test split), so the instruction lengths and images are the ones the policy meets in closed
+loop. Target (issue 3):
 median <= 10 ms, so that a 10 Hz control loop keeps over 90% of its 100 ms budget. With
 ``--keypoint-window R`` the same weights are also timed with that keypoint readout
 (``VLAConfig.keypoint_window``), call by call alternating with the checkpoint's own, and the
-table gets a row for each and their ratio.
+table gets a row for each and their ratio; ``--action-decoding`` does the same for an action
+token reading (``VLAConfig.action_decoding``: ``argmax`` or ``mean``).
 """
 
 from __future__ import annotations
@@ -31,13 +33,23 @@ def main() -> None:
     parser.add_argument(
         "--keypoint-window", type=int, default=None, help="also time this keypoint readout"
     )
+    parser.add_argument(
+        "--action-decoding",
+        choices=("argmax", "mean"),
+        default=None,
+        help="also time this action-token reading",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     policy = VLAPolicy.from_pretrained(args.policy)
-    policies = {f"own readout (window {policy.model.config.keypoint_window})": policy}
+    own = f"own readout (window {policy.model.config.keypoint_window}, {policy.action_decoding})"
+    policies = {own: policy}
     if args.keypoint_window is not None:
         other = VLAPolicy.from_pretrained(args.policy, keypoint_window=args.keypoint_window)
         policies[f"keypoint window {args.keypoint_window}"] = other
+    if args.action_decoding is not None:
+        other = VLAPolicy.from_pretrained(args.policy, action_decoding=args.action_decoding)
+        policies[f"action decoding {args.action_decoding}"] = other
     observations = []
     for i, family in enumerate(FAMILIES):
         env = RobotRefusalEnv(family, split="test", image_size=policy.image_size)
