@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from robot_refusal.errors import RobotRefusalError
@@ -257,6 +258,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     written = write_report(args.run)
     print(f"wrote {written['report.md']} and {written['report.html']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare two runs of the same plan episode by episode (paired): for each outcome, the
+    episodes where it holds in both runs, only in A, only in B and in neither, with the exact
+    McNemar test; per family too. Runs: eval or attack folders (one condition each)."""
+    from robot_refusal.compare import compare_records, format_comparison, read_records
+
+    a = read_records(args.run_a, args.condition_a)
+    b = read_records(args.run_b, args.condition_b)
+    result = compare_records(a, b)
+    name_a = args.run_a + (f" ({args.condition_a})" if args.condition_a else "")
+    name_b = args.run_b + (f" ({args.condition_b})" if args.condition_b else "")
+    print(format_comparison(result, name_a, name_b))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"a": name_a, "b": name_b, **result}, indent=2) + "\n", encoding="utf-8"
+        )
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -616,6 +637,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run folder of attack, demo or eval")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two runs of the same episodes, paired (exact McNemar)",
+        description=cmd_compare.__doc__,
+    )
+    p.add_argument("run_a", help="run folder A (eval or attack)")
+    p.add_argument("run_b", help="run folder B, of the same plan (split, families, seed)")
+    p.add_argument(
+        "--condition-a", default=None, help="A's condition (needed when A holds several)"
+    )
+    p.add_argument(
+        "--condition-b", default=None, help="B's condition (needed when B holds several)"
+    )
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the counts as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "demo", help="the main job on the shipped vla-small", description=cmd_demo.__doc__
