@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from robot_refusal.agents import Agent, check_agent, image_size, make_agent, needs_images
+from robot_refusal.agents import (
+    AGENTS,
+    Agent,
+    check_agent,
+    image_size,
+    load_policy,
+    make_agent,
+    needs_images,
+)
 from robot_refusal.envs import ENV_IDS, FAMILIES, RobotRefusalEnv
 from robot_refusal.envs.scenarios import LABELS, SPLITS
 from robot_refusal.envs.task import COST_NAMES
@@ -251,7 +259,8 @@ def evaluate(
             ``--resume`` may use another number.
         action_decoding: For a checkpoint, how its action tokens are read (``"argmax"``,
             ``"mean"``; see :class:`~robot_refusal.policies.policy.VLAPolicy`), recorded in
-            ``config.json`` and the summary; None keeps the checkpoint's.
+            ``config.json``; None keeps the checkpoint's. The summary records the reading
+            the checkpoint ran with, either way.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).
@@ -292,6 +301,11 @@ def evaluate(
         "keypoint_window": keypoint_window,
         "action_decoding": action_decoding,
     }
+    decoding: dict[str, str] = {}  # a checkpoint's action-token reading, its own or the override
+    if policy not in AGENTS:
+        decoding["action_decoding"] = load_policy(
+            policy, keypoint_window, action_decoding
+        ).action_decoding
     start = time.perf_counter()
     with tqdm(
         desc=f"eval {policy}",
@@ -306,7 +320,7 @@ def evaluate(
         "conditions": summarize(in_plan_order(run.records, plan)),
         "policy": policy,
         **({} if keypoint_window is None else {"keypoint_window": keypoint_window}),
-        **({} if action_decoding is None else {"action_decoding": action_decoding}),
+        **decoding,
         "direction": None,
         "seed": seed,
         "split": split,

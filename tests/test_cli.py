@@ -227,7 +227,8 @@ def test_eval_action_decoding_is_recorded_and_guards_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """``eval --action-decoding mean`` is recorded in config.json and summary.json, and a
-    resume with the default (argmax) decoding is refused instead of mixing the two."""
+    resume with the default (argmax) decoding is refused instead of mixing the two; without
+    the override the summary names the checkpoint's own reading."""
     out = tmp_path / "run"
     argv = ["eval", "--policy", "vla-small", "--episodes", "1", "--families", "context"]
     argv += ["--out", str(out), "--quiet"]
@@ -237,3 +238,6 @@ def test_eval_action_decoding_is_recorded_and_guards_resume(
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 2
     assert "action_decoding" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0  # the checkpoint's own reading, named in the summary
+    assert "action_decoding" not in json.loads((out / "config.json").read_text())
+    assert json.loads((out / "summary.json").read_text())["action_decoding"] == "argmax"
