@@ -41,9 +41,11 @@ def check_keypoint_window(radius: int, name: str = "keypoint_window") -> None:
         raise ConfigError(f"{name} must be in [0, {MAX_KEYPOINT_WINDOW}] cells, got {radius}")
 
 
-ACTION_DECODINGS = ("argmax", "mean")
-"""How an action position is read: the argmax bin (greedy decoding, the default) or the mean
-of the bin distribution (``VLAForActionPrediction.predict_action_tokens``)."""
+ACTION_DECODINGS = ("argmax", "mean", "local_mean")
+"""How an action position is read: the argmax bin (greedy decoding, the default), the mean
+of the bin distribution, or the mean over the bins within ``action_window`` of the argmax
+(``VLAForActionPrediction.predict_action_tokens``)."""
+MAX_ACTION_WINDOW = 255  # bins: a window this wide is the whole distribution
 
 
 def check_action_decoding(decoding: str, name: str = "action_decoding") -> None:
@@ -114,7 +116,11 @@ class VLAConfig(PretrainedConfig):
             weights do not depend on it, so a trained checkpoint can be read out either way.
         action_decoding: How action tokens are read at run time when the caller does not
             say: ``"argmax"`` (greedy, as trained) or ``"mean"`` (each action position as
-            the mean of its bin distribution). Also independent of the weights.
+            the mean of its bin distribution) or ``"local_mean"`` (the mean over the bins
+            within ``action_window`` of the argmax: the argmax's mode, read to a fraction of
+            a bin). Also independent of the weights.
+        action_window: Half-width in bins of the ``"local_mean"`` window, in [0, 255] (0:
+            the argmax; 255: the whole distribution's mean).
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
 
     Raises:
@@ -122,7 +128,7 @@ class VLAConfig(PretrainedConfig):
             ``[0, num_keypoints]``; ``keypoint_stride`` not 2 or 4; ``metric_keypoints``
             without a 16-float camera matrix; ``metric_upper_plane_height`` equal to
             ``metric_plane_height``; ``keypoint_window`` outside [0, 8]; an unknown
-            ``action_decoding``.
+            ``action_decoding``; ``action_window`` outside [0, 255].
     """
 
     model_type = "robot_refusal_vla"
@@ -151,6 +157,7 @@ class VLAConfig(PretrainedConfig):
         metric_upper_plane_height: float | None = None,
         keypoint_window: int = 0,
         action_decoding: str = "argmax",
+        action_window: int = 8,
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         **kwargs: Any,
@@ -203,6 +210,16 @@ class VLAConfig(PretrainedConfig):
         self.keypoint_window = int(keypoint_window)
         check_action_decoding(action_decoding)
         self.action_decoding = action_decoding
+        if (
+            isinstance(action_window, bool)
+            or not isinstance(action_window, int)
+            or not 0 <= action_window <= MAX_ACTION_WINDOW
+        ):
+            raise ConfigError(
+                f"action_window must be an integer in [0, {MAX_ACTION_WINDOW}] bins, "
+                f"got {action_window!r}"
+            )
+        self.action_window = action_window
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)

@@ -520,14 +520,16 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         expected bin index, fractional), and the bin nearest that mean is fed back as the
         next position's input; the refuse-or-act choice at the first position stays the
         argmax. The mean is how the HL-Gauss value head reads its bins (Imani & White 2018,
-        section 3; Farebrother et al. 2024, section 3).
+        section 3; Farebrother et al. 2024, section 3). ``decoding="local_mean"`` takes the
+        mean over the bins within ``config.action_window`` of the argmax only, renormalised:
+        the argmax's mode read to a fraction of a bin, never a point between two modes.
 
         Args:
             decoding: One of :data:`ACTION_DECODINGS`; None: ``config.action_decoding``.
 
         Returns:
             (tokens (B, action_dim): int64 token ids for ``"argmax"``, float32 fractional
-            ids (ACTION_TOKEN_OFFSET + expected bin) for ``"mean"``; ``<refuse>`` then
+            ids (ACTION_TOKEN_OFFSET + expected bin) for the means; ``<refuse>`` then
             padding for refusals, first-position log-probabilities (B, V) in float32).
 
         Raises:
@@ -551,12 +553,19 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         first_choice[:, REFUSE_ID] = first[:, REFUSE_ID]
         grid = torch.arange(cfg.n_bins, dtype=torch.float32)
 
+        window = cfg.action_window if decoding == "local_mean" else None
+
         def expected(logits: Tensor) -> Tensor:  # (B, V) -> (B,) mean bin index
-            return (logits[:, lo:hi].softmax(-1) * grid).sum(-1)
+            probs = logits[:, lo:hi].softmax(-1)  # (B, n_bins)
+            if window is not None:  # only the bins within `window` of the argmax
+                near = (grid - probs.argmax(-1, keepdim=True)).abs() <= window
+                probs = probs * near
+                probs = probs / probs.sum(-1, keepdim=True)
+            return (probs * grid).sum(-1)
 
         tokens = [first_choice.argmax(-1)]
         values = [tokens[0].float()]
-        if decoding == "mean":
+        if decoding != "argmax":
             act = tokens[0] != REFUSE_ID
             values[0] = torch.where(act, lo + expected(first), values[0])
             tokens[0] = torch.where(act, lo + expected(first).round().long(), tokens[0])
@@ -572,7 +581,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
                 use_cache=True,
             )
             nxt = self.lm_head(out.last_hidden_state[:, -1]).float() + allowed
-            if decoding == "mean":
+            if decoding != "argmax":
                 mean = expected(nxt)
                 values.append(lo + mean)
                 tokens.append(lo + mean.round().long())

@@ -341,10 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--action-decoding",
-        choices=("argmax", "mean"),  # modeling_vla.ACTION_DECODINGS (torch-free here)
+        choices=("argmax", "mean", "local_mean"),  # configuration_vla.ACTION_DECODINGS
         default=None,
-        help="checkpoints only: read each action token as its argmax bin or as the mean of its "
-        "bin distribution, overriding the checkpoint's action_decoding (default: the "
+        help="checkpoints only: read each action token as its argmax bin, the mean of its "
+        "bin distribution, or the mean within the checkpoint's action_window bins of the "
+        "argmax (local_mean), overriding the checkpoint's action_decoding (default: the "
         "checkpoint's own, argmax unless its config.json says otherwise)",
     )
     p.add_argument(

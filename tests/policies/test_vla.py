@@ -140,6 +140,32 @@ def test_mean_decoding_reads_each_bin_distributions_mean(obs: dict) -> None:
     assert a["delta"] == pytest.approx(pol.processor.actions.decode(bins)[:3], abs=1e-6)
 
 
+def test_local_mean_decoding_is_between_argmax_and_mean(obs: dict) -> None:
+    """``"local_mean"``: window 0 gives the argmax bins, window 255 the whole mean; a window of
+    w bins stays within w of the argmax of its position (checked against a full forward)."""
+    pol = tiny_policy()
+    inputs = pol.processor([obs, {**obs, "instruction": TEXTS[1]}])
+    greedy, _ = pol.model.predict_action_tokens(**inputs)
+    mean, _ = pol.model.predict_action_tokens(**inputs, decoding="mean")
+    act = greedy[:, 0] != REFUSE_ID
+    assert act.any()
+    pol.model.config.action_window = 0
+    zero, _ = pol.model.predict_action_tokens(**inputs, decoding="local_mean")
+    assert torch.equal(zero[act], greedy[act].float())
+    pol.model.config.action_window = 255
+    whole, _ = pol.model.predict_action_tokens(**inputs, decoding="local_mean")
+    assert torch.allclose(whole, mean, atol=1e-4)
+    pol.model.config.action_window = 3
+    local, _ = pol.model.predict_action_tokens(**inputs, decoding="local_mean")
+    lo = ACTION_TOKEN_OFFSET
+    fed = (lo + (local[act] - lo).round()).long()
+    full = pol.model(**{k: v[act] for k, v in inputs.items()}, action_input_ids=fed[:, :-1])
+    top = full.logits[:, -4:, lo : lo + 256].argmax(-1)  # (b, 4) argmax bin per position
+    assert ((local[act] - lo - top).abs() <= 3 + 1e-4).all()
+    with pytest.raises(ConfigError, match="action_window"):
+        VLAConfig(action_window=256)
+
+
 def test_action_decoding_is_saved_in_the_config(tmp_path: Path, obs: dict) -> None:
     """A policy saved with ``action_decoding="mean"`` reloads reading its tokens by the mean
     (the same actions as before saving); ``from_pretrained(action_decoding=)`` overrides it;
