@@ -72,8 +72,9 @@ class VLAPolicy:
         model: The network (put in eval mode).
         processor: Its processor.
         action_decoding: How action tokens are read (``configuration_vla.ACTION_DECODINGS``):
-            ``"argmax"`` (greedy) or ``"mean"`` (each action dimension as the mean of its bin
-            distribution; see ``VLAForActionPrediction.predict_action_tokens``). None keeps
+            ``"argmax"`` (greedy), ``"mean"`` (each action dimension as the mean of its bin
+            distribution) or ``"local_mean"`` (the mean near the argmax); see
+            ``VLAForActionPrediction.predict_action_tokens``. None keeps
             the checkpoint's ``VLAConfig.action_decoding``; a value is written into the
             model's config, so that :meth:`save_pretrained` records it and every wrapper of
             the same model reads its tokens the same way.
@@ -97,7 +98,8 @@ class VLAPolicy:
 
     @property
     def action_decoding(self) -> str:
-        """How this policy reads its action tokens: ``"argmax"`` or ``"mean"``."""
+        """How this policy reads its action tokens: ``"argmax"``, ``"mean"`` or
+        ``"local_mean"``."""
         return str(self.model.config.action_decoding)
 
     @property
@@ -121,7 +123,7 @@ class VLAPolicy:
                 r > 0, the soft-argmax around the map's maximum); None keeps the
                 checkpoint's. Saving the policy records the override.
             action_decoding: Override of the checkpoint's ``VLAConfig.action_decoding``
-                (``"argmax"`` or ``"mean"``, see :class:`VLAPolicy`); None keeps the
+                (``"argmax"``, ``"mean"``, ``"local_mean"``; see :class:`VLAPolicy`); None keeps the
                 checkpoint's. Saving the policy records the override.
 
         Raises:
