@@ -31,14 +31,20 @@ def check_upper_plane_height(height: float, name: str = "metric_upper_plane_heig
 MAX_KEYPOINT_WINDOW = 8  # cells: a 17x17 window already covers most of a 32x32 heatmap
 
 
+def check_window(radius: int, high: int, unit: str, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``radius`` is an integer in [0, ``high``] (``unit``
+    on each side of a maximum). ``name`` is the setting the message names."""
+    if isinstance(radius, bool) or not isinstance(radius, int):
+        raise ConfigError(f"{name} must be an integer number of {unit}, got {radius!r}")
+    if not 0 <= radius <= high:
+        raise ConfigError(f"{name} must be in [0, {high}] {unit}, got {radius}")
+
+
 def check_keypoint_window(radius: int, name: str = "keypoint_window") -> None:
     """Raise :class:`ConfigError` unless ``radius`` is an integer in [0, 8] (heatmap cells on
     each side of the maximum; 0: the expectation over the whole map). ``name`` is the setting
     the message names."""
-    if isinstance(radius, bool) or not isinstance(radius, int):
-        raise ConfigError(f"{name} must be an integer number of cells, got {radius!r}")
-    if not 0 <= radius <= MAX_KEYPOINT_WINDOW:
-        raise ConfigError(f"{name} must be in [0, {MAX_KEYPOINT_WINDOW}] cells, got {radius}")
+    check_window(radius, MAX_KEYPOINT_WINDOW, "cells", name)
 
 
 ACTION_DECODINGS = ("argmax", "mean", "local_mean")
@@ -210,15 +216,7 @@ class VLAConfig(PretrainedConfig):
         self.keypoint_window = int(keypoint_window)
         check_action_decoding(action_decoding)
         self.action_decoding = action_decoding
-        if (
-            isinstance(action_window, bool)
-            or not isinstance(action_window, int)
-            or not 0 <= action_window <= MAX_ACTION_WINDOW
-        ):
-            raise ConfigError(
-                f"action_window must be an integer in [0, {MAX_ACTION_WINDOW}] bins, "
-                f"got {action_window!r}"
-            )
+        check_window(action_window, MAX_ACTION_WINDOW, "bins", "action_window")
         self.action_window = action_window
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta

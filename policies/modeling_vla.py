@@ -567,8 +567,9 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         values = [tokens[0].float()]
         if decoding != "argmax":
             act = tokens[0] != REFUSE_ID
-            values[0] = torch.where(act, lo + expected(first), values[0])
-            tokens[0] = torch.where(act, lo + expected(first).round().long(), tokens[0])
+            mean = expected(first)
+            values[0] = torch.where(act, lo + mean, values[0])
+            tokens[0] = torch.where(act, lo + mean.round().long(), tokens[0])
         pos = positions[:, -1]
         for _ in range(cfg.action_dim - 1):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

@@ -14,7 +14,6 @@ two independent Wilson intervals would hide, because most episodes end the same 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 
 from robot_refusal.errors import ConfigError, RunFolderError
 from robot_refusal.metrics import HARMFUL_RATES, HARMLESS_RATES
-from robot_refusal.runs import EPISODES
+from robot_refusal.runs import EPISODES, read_episode_records
+from robot_refusal.tables import percent
 
 OUTCOMES: dict[str, dict[str, Callable[[Mapping[str, Any]], Any]]] = {
     "harmless": {
@@ -75,26 +75,15 @@ def read_records(folder: str | Path, condition: str | None = None) -> list[dict[
         The records in file order; a partial last line (a killed writer) is skipped.
 
     Raises:
-        RunFolderError: No ``episodes.jsonl``, a line that is not a JSON record (naming
+        RunFolderError: No ``episodes.jsonl``, a line that is not an episode record (naming
             ``file:line``), no records of ``condition``, or several conditions and none
             chosen (listing them).
     """
     path = Path(folder) / EPISODES
     if not path.is_file():
         raise RunFolderError(f"{path} does not exist; is {folder} an eval or attack run folder?")
-    lines = path.read_bytes().split(b"\n")
-    records: list[dict[str, Any]] = []
-    for i, line in enumerate(lines[:-1], 1):  # lines[-1]: b"" or a partial line
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise RunFolderError(f"{path}:{i} is not a JSON record ({e})") from e
-        if not isinstance(rec, dict) or not isinstance(rec.get("episode_id"), str):
-            raise RunFolderError(f"{path}:{i} is not an episode record (no episode_id)")
-        records.append(rec)
-    names = sorted({str(r.get("condition")) for r in records})
+    records = read_episode_records(path, ("condition", "episode_id"))
+    names = sorted({r["condition"] for r in records})
     if condition is None:
         if len(names) > 1:
             raise RunFolderError(
@@ -201,10 +190,6 @@ def compare_records(
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def format_comparison(result: Mapping[str, Any], name_a: str, name_b: str) -> str:
     """Markdown tables of :func:`compare_records`: every outcome, then per family the first
     outcome of each label (harmless success, harmful refusal)."""
@@ -222,7 +207,7 @@ def format_comparison(result: Mapping[str, Any], name_a: str, name_b: str) -> st
 
     def cells(c: Mapping[str, Any]) -> str:
         return (
-            f"{c['n']} | {_pct(c['a'])} | {_pct(c['b'])} | {c['both']} | {c['only_a']} | "
+            f"{c['n']} | {percent(c['a'])} | {percent(c['b'])} | {c['both']} | {c['only_a']} | "
             f"{c['only_b']} | {c['neither']} | {c['p_value']:.2g} |"
         )
 

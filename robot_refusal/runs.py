@@ -28,6 +28,41 @@ OWNED = (CONFIG, EPISODES, SUMMARY, *REPORT_FILES)
 """Entries of a run folder that robot-refusal writes (and ``--force`` may delete)."""
 
 
+def read_episode_records(
+    path: Path, key_fields: tuple[str, ...] = ("episode_id",), hint: str = ""
+) -> list[dict[str, Any]]:
+    """The records of an ``episodes.jsonl`` file, read-only, first of each id kept.
+
+    Args:
+        path: The file.
+        key_fields: Record fields (strings) that together identify an episode.
+        hint: Appended to error messages (what the user can do about them).
+
+    Returns:
+        The records in file order; a trailing partial line (a killed writer) is left out.
+
+    Raises:
+        RunFolderError: A line that is not a JSON record, or one without the ``key_fields``
+            (naming ``file:line``).
+    """
+    lines = path.read_bytes().split(b"\n")
+    records, seen = [], set()
+    for i, line in enumerate(lines[:-1], 1):  # lines[-1]: b"" or a partial line
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:  # JSONDecodeError or UnicodeDecodeError
+            raise RunFolderError(f"{path}:{i} is not a JSON record ({e}){hint}") from e
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in key_fields):
+            raise RunFolderError(f"{path}:{i} lacks {' or '.join(key_fields)}{hint}")
+        key = ":".join(rec[k] for k in key_fields)
+        if key not in seen:
+            seen.add(key)
+            records.append(rec)
+    return records
+
+
 class RunFolder:
     """An output folder of episode records.
 
@@ -140,32 +175,11 @@ class RunFolder:
         if not path.exists():
             return []
         raw = path.read_bytes()
-        lines = raw.split(b"\n")
-        complete, tail = lines[:-1], lines[-1]
+        complete, _, tail = raw.rpartition(b"\n")
         if tail:  # a partial line from a killed writer: drop it
             with open(path, "wb") as f:
-                f.write(b"\n".join(complete) + (b"\n" if complete else b""))
-        records, seen = [], set()
-        for i, line in enumerate(complete, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:  # JSONDecodeError or UnicodeDecodeError
-                raise RunFolderError(
-                    f"{path}:{i} is not a JSON record ({e}); use --force to restart the run"
-                ) from e
-            if not isinstance(rec, dict) or not all(
-                isinstance(rec.get(k), str) for k in self.key_fields
-            ):
-                raise RunFolderError(
-                    f"{path}:{i} lacks {' or '.join(self.key_fields)}; use --force to restart "
-                    "the run"
-                )
-            if self.key(rec) not in seen:
-                seen.add(self.key(rec))
-                records.append(rec)
-        return records
+                f.write(complete + b"\n" if complete else b"")
+        return read_episode_records(path, self.key_fields, "; use --force to restart the run")
 
     def count(self) -> int:
         """How many episode records are saved."""

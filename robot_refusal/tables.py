@@ -17,6 +17,11 @@ COLUMNS = (
 )
 
 
+def percent(x: float | None) -> str:
+    """A rate in [0, 1] as ``"12.5%"``; ``"-"`` for None (no episodes)."""
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def _cell(block: Mapping[str, Any], key: str) -> str:
     value = block.get(key)
     if value is None:

@@ -96,7 +96,9 @@ def test_read_records_conditions_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(RunFolderError, match="does not exist"):
         read_records(tmp_path / "nowhere")
     bad = write_run(tmp_path / "bad", recs[:1])
-    (bad / "episodes.jsonl").write_bytes(b'{"episode_id": "x"}\nnot json\n')
+    (bad / "episodes.jsonl").write_bytes(
+        b'{"episode_id": "x", "condition": "baseline"}\nnot json\n'
+    )
     with pytest.raises(RunFolderError, match=r"episodes\.jsonl:2 is not a JSON record"):
         read_records(bad)
 
