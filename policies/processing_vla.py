@@ -53,6 +53,15 @@ Agents in Behavioral Cloning from Observation Histories") instead of reading the
 first trained VLA did exactly that (good open-loop, wrong closed-loop heading)."""
 
 
+VELOCITY_POLICY_STATE = (0, 1, 2, 3, 4, 5, 6, 7)
+"""The whole env state: :data:`POLICY_STATE` plus the end-effector velocity (m/s), read by
+checkpoints trained with ``robot-refusal train --state-velocity``. The copycat finding above
+was made on an encoder that could not yet locate the named object; with exact keypoints, the
+imitation ceiling's argmax over action bins succeeds far more often with the velocity than
+without (README, "Where the decoder loses its points"), because the current motion picks
+between the modes of a split action distribution (a detour or the straight path)."""
+
+
 GOAL_POLICY_STATE = (6, 7)
 """Env state entries a goal-space policy reads: gripper opening (m) and grasp flag. Not the
 end-effector position: a subgoal is often within centimetres of it (at every arrival, grasp and

@@ -50,6 +50,7 @@ from robot_refusal.policies.processing_vla import (
     ACTION_SPACES,
     GOAL_POLICY_STATE,
     POLICY_STATE,
+    VELOCITY_POLICY_STATE,
     Normalization,
     VLAProcessor,
     build_tokenizer,
@@ -133,6 +134,11 @@ class TrainConfig:
             bins and normalisation; fine-tuning, e.g. a DAgger iteration from its learner)
             instead of a fresh model; the decoder-size and keypoint-architecture settings are
             then the checkpoint's own. Optimizer and schedule start fresh. None: a new model.
+        state_velocity: Also give the policy the end-effector velocity (m/s; the processor's
+            state entries become :data:`VELOCITY_POLICY_STATE` instead of
+            :data:`POLICY_STATE`). False (the shipped checkpoints): position, gripper opening
+            and grasp flag only. Delta action space only; with ``init_from`` the checkpoint's
+            own state entries are used.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -165,6 +171,7 @@ class TrainConfig:
     miss_frames: str = "skip"
     extra_data: tuple[str, ...] = ()
     init_from: str | None = None
+    state_velocity: bool = False
     eval_every: int = 500
     threads: int = 2
 
@@ -209,6 +216,8 @@ class TrainConfig:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
             )
+        if self.state_velocity and self.action_space != "delta":
+            raise ConfigError("state_velocity needs the delta action space")
 
 
 @dataclass
@@ -400,9 +409,15 @@ def concat_tensors(parts: Sequence[Tensors]) -> Tensors:
 
 
 def build_processor(
-    ds: DemoDataset, data: Tensors, max_tokens: int = 24, action_space: str = "delta"
+    ds: DemoDataset,
+    data: Tensors,
+    max_tokens: int = 24,
+    action_space: str = "delta",
+    state_velocity: bool = False,
 ) -> VLAProcessor:
-    """Tokenizer, action bins and normalisation from the training data."""
+    """Tokenizer, action bins and normalisation from the training data; the state entries are
+    :data:`GOAL_POLICY_STATE` for the goal action space, else :data:`VELOCITY_POLICY_STATE`
+    with ``state_velocity`` and :data:`POLICY_STATE` without."""
     stats = ds.stats
     img = stats[IMAGE_KEY]
     norm = Normalization(
@@ -419,7 +434,11 @@ def build_processor(
         norm,
         max_tokens,
         size,
-        GOAL_POLICY_STATE if action_space == "goal" else POLICY_STATE,
+        GOAL_POLICY_STATE
+        if action_space == "goal"
+        else VELOCITY_POLICY_STATE
+        if state_velocity
+        else POLICY_STATE,
         action_space=action_space,
     )
 
@@ -763,7 +782,9 @@ def _model(
         return policy.model.train(), policy.processor
     if init is not None:
         return init.model.train(), init.processor
-    processor = build_processor(ds, data, action_space=config.action_space)
+    processor = build_processor(
+        ds, data, action_space=config.action_space, state_velocity=config.state_velocity
+    )
     model = VLAForActionPrediction(
         VLAConfig(
             action_dim=processor.actions.dims,
@@ -825,10 +846,13 @@ def _read_state(last: Path) -> dict[str, Any]:
 def _check_resume_config(last: Path, state: dict[str, Any], config: TrainConfig) -> None:
     """Raise :class:`RunFolderError` if ``config`` differs from the settings the run in
     ``last`` was started with (``state``: its trainer state; other than
-    :data:`RESUMABLE_CHANGES`); runs saved before the settings were recorded are not checked."""
+    :data:`RESUMABLE_CHANGES`); runs saved before the settings were recorded are not checked,
+    and a setting added since a run was saved counts as its default there."""
     if "config" not in state:
         return
-    old, new = json.loads(state["config"]), json.loads(json.dumps(asdict(config)))
+    defaults = json.loads(json.dumps(asdict(TrainConfig(data="", out=""))))
+    old = {**defaults, **json.loads(state["config"])}
+    new = json.loads(json.dumps(asdict(config)))
     diff = sorted(
         k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)
     )

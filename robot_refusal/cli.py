@@ -161,6 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         miss_frames=args.miss_frames,
         extra_data=tuple(args.extra_data or ()),
         init_from=args.init,
+        state_velocity=args.state_velocity,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -550,6 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="weight of the keypoint heatmap cross-entropy (default 0, as the shipped "
         "checkpoints: keypoints trained by squared error only)",
+    )
+    p.add_argument(
+        "--state-velocity",
+        action="store_true",
+        help="also give the policy the end-effector velocity (default: position, gripper "
+        "opening and grasp flag, as the shipped checkpoints)",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

@@ -3,6 +3,7 @@ and an interrupted run resumes to the same weights."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -542,3 +543,36 @@ def test_diagnostics_cli_bad_paths_are_one_line_and_output_is_strict_json(
     report = json.loads(capsys.readouterr().out, parse_constant=no_nan)
     assert set(report) == {"heading", "target_keypoint"}
     assert report["target_keypoint"]["far"]["n"] > 0
+
+
+def test_state_velocity_checkpoint_reads_the_velocity(tiny_data: Path, tmp_path: Path) -> None:
+    """``state_velocity`` gives the processor all eight state entries (the saved checkpoint
+    keeps them, and the velocity changes what the policy computes); a run saved before the
+    setting existed resumes as the default, and the goal action space refuses it."""
+    from robot_refusal.policies.processing_vla import POLICY_STATE, VELOCITY_POLICY_STATE
+    from robot_refusal.policies.training import _check_resume_config, _read_state
+
+    config = replace(_config(tiny_data, tmp_path / "vel", 30), state_velocity=True)
+    train(config, progress=False)
+    policy = VLAPolicy.from_pretrained(tmp_path / "vel")
+    assert policy.processor.state_keys == VELOCITY_POLICY_STATE == tuple(range(8))
+    assert policy.model.config.state_dim == 8
+    data = load_tensors(load_dataset(tiny_data))
+    obs = {"image": data.images[0], "state": data.states[0], "instruction": data.texts[0]}
+    moving = {**obs, "state": data.states[0] + np.array([0, 0, 0, 0.1, -0.1, 0.05, 0, 0])}
+    _, scores = policy.select_actions([obs, moving])
+    assert scores[0] != scores[1]
+    base = tmp_path / "base"
+    train(_config(tiny_data, base, 10), progress=False)
+    assert VLAPolicy.from_pretrained(base).processor.state_keys == POLICY_STATE
+    last = base / "last"
+    state = _read_state(last)
+    saved = json.loads(state["config"])
+    del saved["state_velocity"]  # as a run saved before the setting was added
+    state["config"] = json.dumps(saved)
+    plain = _config(tiny_data, base, 10)
+    _check_resume_config(last, state, plain)
+    with pytest.raises(RunFolderError, match="state_velocity=False"):
+        _check_resume_config(last, state, replace(plain, state_velocity=True))
+    with pytest.raises(ConfigError, match="delta action space"):
+        replace(config, action_space="goal").check()
