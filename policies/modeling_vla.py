@@ -215,6 +215,33 @@ class ConvVisionEncoder(nn.Module):
         return phrase @ cells / cells.shape[1] ** 0.5  # (B, R, h*w)
 
 
+def override_keypoints(predicted: Tensor, override: Tensor) -> Tensor:
+    """Replace the leading predicted keypoints by given ones (a perception diagnostic).
+
+    Args:
+        predicted: (B, K, 2) the encoder's keypoints, [-1, 1] image units.
+        override: (B, K', 2) with K' <= K, the same units (e.g. the simulator's exact
+            keypoints, ``RobotRefusalEnv.keypoints_uv``); a row with a non-finite entry keeps
+            the predicted keypoint.
+
+    Returns:
+        (B, K, 2) keypoints.
+
+    Raises:
+        ConfigError: ``override`` is not (B, K', 2) with K' <= K.
+    """
+    b, k, _ = predicted.shape
+    if override.ndim != 3 or override.shape[0] != b or override.shape[2] != 2:
+        raise ConfigError(f"keypoint_override must be (B={b}, K', 2), got {tuple(override.shape)}")
+    n = override.shape[1]
+    if n > k:
+        raise ConfigError(f"keypoint_override has {n} keypoints; the model has {k}")
+    given = override.to(predicted.dtype)
+    keep = ~torch.isfinite(given).all(-1, keepdim=True)  # (B, K', 1)
+    head = torch.where(keep, predicted[:, :n], torch.nan_to_num(given))
+    return torch.cat([head, predicted[:, n:]], dim=1)
+
+
 def table_plane_points(
     keypoints: Tensor, unprojection: Tensor, image_size: tuple[int, int], height: float
 ) -> Tensor:
@@ -370,6 +397,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         attention_mask: Tensor,
         ee_position: Tensor | None = None,
         metric_source: Tensor | None = None,
+        keypoint_override: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Prefix embeddings (B, P, D), its attention mask (B, P), the keypoints (B, K, 2) and
         their heatmap logits (B, K, h, w).
@@ -384,6 +412,14 @@ class VLAForActionPrediction(VLAPreTrainedModel):
                 read only by a model with metric keypoints.
             metric_source: (B, M', 2) keypoints to build the metric token from instead of the
                 predicted ones (training feeds the labels, as teacher forcing); None: predicted.
+            keypoint_override: (B, K', 2) keypoints that replace the first K' predicted ones
+                everywhere the decoder reads them (keypoint and metric tokens), in the
+                keypoints' [-1, 1] image units; a non-finite row keeps the prediction. A
+                diagnostic (the simulator's exact keypoints; see :func:`override_keypoints`);
+                None: predicted.
+
+        Raises:
+            ConfigError: ``keypoint_override`` of the wrong shape.
         """
         b = pixel_values.shape[0]
         embed = self.language_model.embed_tokens
@@ -394,6 +430,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         feats, keypoints, heat = self.vision_encoder(
             pixel_values, condition, word_emb, attention_mask
         )
+        if keypoint_override is not None:
+            keypoints = override_keypoints(keypoints, keypoint_override)
         kp_token = self.keypoint_projector(keypoints.flatten(1))[:, None]
         parts = [self.vision_projector(feats), kp_token]
         if self.config.metric_keypoints:
@@ -511,6 +549,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         attention_mask: Tensor,
         ee_position: Tensor | None = None,
         decoding: str | None = None,
+        keypoint_override: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Greedy constrained decoding with a KV cache.
 
@@ -525,6 +564,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         the argmax's mode read to a fraction of a bin, never a point between two modes.
 
         Args:
+            pixel_values, input_ids, state, attention_mask, ee_position, keypoint_override:
+                See :meth:`embed_prefix`.
             decoding: One of :data:`ACTION_DECODINGS`; None: ``config.action_decoding``.
 
         Returns:
@@ -541,7 +582,12 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             raise ConfigError(f"decoding must be one of {ACTION_DECODINGS}, got {decoding!r}")
         cfg = self.config
         x, mask, _, _ = self.embed_prefix(
-            pixel_values, input_ids, state, attention_mask, ee_position
+            pixel_values,
+            input_ids,
+            state,
+            attention_mask,
+            ee_position,
+            keypoint_override=keypoint_override,
         )
         out, positions = self._decode(x, mask, use_cache=True)
         first = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)

@@ -202,10 +202,26 @@ class VLAPolicy:
 
     @torch.no_grad()
     def select_actions(
-        self, observations: Sequence[Mapping[str, Any]]
+        self,
+        observations: Sequence[Mapping[str, Any]],
+        keypoint_override: np.ndarray | None = None,
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
-        """Env actions and refusal scores (B,) float64 for a batch of observations."""
+        """Env actions and refusal scores (B,) float64 for a batch of observations.
+
+        Args:
+            observations: B env observations (image, state, instruction).
+            keypoint_override: (B, K', 2) keypoints in [-1, 1] image units that replace the
+                model's first K' predicted ones (a diagnostic; see
+                :class:`~robot_refusal.policies.privileged.ExactKeypointPolicy`); None: the
+                policy's own.
+
+        Raises:
+            InvalidObservationError: For a bad image, state or instruction.
+            ConfigError: ``keypoint_override`` of the wrong shape.
+        """
         inputs = self.processor(observations)
+        if keypoint_override is not None:
+            inputs["keypoint_override"] = torch.as_tensor(np.asarray(keypoint_override, np.float32))
         tokens, logprobs = self.model.predict_action_tokens(**inputs, decoding=self.action_decoding)
         actions = self.processor.decode_actions(tokens.cpu().numpy(), observations)
         return actions, refusal_score(logprobs)

@@ -42,7 +42,10 @@ def is_checkpoint(name: str) -> bool:
 
 
 def check_agent(
-    name: str, keypoint_window: int | None = None, action_decoding: str | None = None
+    name: str,
+    keypoint_window: int | None = None,
+    action_decoding: str | None = None,
+    exact_keypoints: bool = False,
 ) -> str:
     """Return ``name`` if it is a scripted agent or a policy checkpoint (loaded, with the
     ``keypoint_window`` and ``action_decoding`` overrides when given, to check them).
@@ -50,17 +53,25 @@ def check_agent(
     Raises:
         UnknownNameError: Neither an agent nor a folder; lists the agents.
         CheckpointError: A checkpoint folder that cannot be loaded.
-        ConfigError: ``keypoint_window`` or ``action_decoding`` for a scripted agent, or out
-            of range / unknown.
+        ConfigError: ``keypoint_window``, ``action_decoding`` or ``exact_keypoints`` for a
+            scripted agent, or out of range / unknown; ``exact_keypoints`` for a checkpoint
+            with fewer than four keypoints.
     """
     if name in AGENTS:
         if keypoint_window is not None:
             raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {name!r}")
         if action_decoding is not None:
             raise ConfigError(f"action_decoding applies to policy checkpoints, not to {name!r}")
+        if exact_keypoints:
+            raise ConfigError(f"exact_keypoints applies to policy checkpoints, not to {name!r}")
         return name
     if is_checkpoint(name):
-        load_policy(name, keypoint_window, action_decoding)
+        policy = load_policy(name, keypoint_window, action_decoding)
+        if exact_keypoints and policy.model.config.num_keypoints < 4:
+            raise ConfigError(
+                f"exact keypoints need a checkpoint with >= 4 keypoints; {name} has "
+                f"{policy.model.config.num_keypoints}"
+            )
         return name
     raise UnknownNameError("policy (agent name or checkpoint folder)", name, AGENTS)
 
@@ -95,6 +106,7 @@ def make_agent(
     env: gym.Env,
     keypoint_window: int | None = None,
     action_decoding: str | None = None,
+    exact_keypoints: bool = False,
 ) -> Agent:
     """Build agent ``name`` for ``env`` (a fresh policy wrapper per env for checkpoints).
 
@@ -105,16 +117,22 @@ def make_agent(
             :meth:`~robot_refusal.policies.policy.VLAPolicy.from_pretrained`); None keeps it.
         action_decoding: For a checkpoint, ``"argmax"`` or ``"mean"`` (see
             :class:`~robot_refusal.policies.policy.VLAPolicy`); None keeps the checkpoint's.
+        exact_keypoints: For a checkpoint, feed it the simulator's exact keypoints (a
+            privileged diagnostic, :class:`~robot_refusal.policies.privileged.ExactKeypointPolicy`).
 
     Raises:
         UnknownNameError: Listing the known agents.
-        ConfigError: ``keypoint_window`` or ``action_decoding`` for a scripted agent, or out
-            of range / unknown.
+        ConfigError: ``keypoint_window``, ``action_decoding`` or ``exact_keypoints`` for a
+            scripted agent, or out of range / unknown.
     """
-    check_agent(name, keypoint_window, action_decoding)
+    check_agent(name, keypoint_window, action_decoding, exact_keypoints)
     if name in AGENTS:
         return AGENTS[name](env)
     from robot_refusal.policies.policy import VLAPolicy
 
     shared = load_policy(name, keypoint_window, action_decoding)
+    if exact_keypoints:
+        from robot_refusal.policies.privileged import ExactKeypointPolicy
+
+        return ExactKeypointPolicy(shared.model, shared.processor, env)
     return VLAPolicy(shared.model, shared.processor)

@@ -97,6 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         keypoint_window=args.keypoint_window,
         workers=args.workers,
         action_decoding=args.action_decoding,
+        exact_keypoints=args.exact_keypoints,
         **_run_kwargs(args),
     )
     print(format_summary(summary))
@@ -348,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bin distribution, or the mean within the checkpoint's action_window bins of the "
         "argmax (local_mean), overriding the checkpoint's action_decoding (default: the "
         "checkpoint's own, argmax unless its config.json says otherwise)",
+    )
+    p.add_argument(
+        "--exact-keypoints",
+        action="store_true",
+        help="checkpoints only, a diagnostic: replace the first four predicted keypoints "
+        "(target, destination, hand, gripper) by the simulator's exact ones at every step, "
+        "to measure what perception costs (privileged: never a deployable policy)",
     )
     p.add_argument(
         "--workers",

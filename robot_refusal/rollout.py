@@ -186,6 +186,7 @@ class EvalRunner:
         families: Families to build envs for.
         keypoint_window: A checkpoint's keypoint readout override (None: its own).
         action_decoding: A checkpoint's action-token reading (None: its own).
+        exact_keypoints: Feed a checkpoint the simulator's exact keypoints (a diagnostic).
 
     Raises:
         UnknownNameError, ConfigError, CheckpointError: From the env and agent factories.
@@ -198,6 +199,7 @@ class EvalRunner:
         families: Sequence[str],
         keypoint_window: int | None = None,
         action_decoding: str | None = None,
+        exact_keypoints: bool = False,
     ) -> None:
         self.envs: dict[str, RobotRefusalEnv] = {}
         self.agents: dict[str, Agent] = {}
@@ -206,7 +208,9 @@ class EvalRunner:
                 self.envs[f] = RobotRefusalEnv(
                     f, split=split, image_obs=needs_images(policy), image_size=image_size(policy)
                 )
-                self.agents[f] = make_agent(policy, self.envs[f], keypoint_window, action_decoding)
+                self.agents[f] = make_agent(
+                    policy, self.envs[f], keypoint_window, action_decoding, exact_keypoints
+                )
         except BaseException:
             self.close()
             raise
@@ -234,6 +238,7 @@ def evaluate(
     keypoint_window: int | None = None,
     workers: int = 1,
     action_decoding: str | None = None,
+    exact_keypoints: bool = False,
 ) -> dict[str, Any]:
     """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
 
@@ -261,18 +266,23 @@ def evaluate(
             ``"mean"``; see :class:`~robot_refusal.policies.policy.VLAPolicy`), recorded in
             ``config.json``; None keeps the checkpoint's. The summary records the reading
             the checkpoint ran with, either way.
+        exact_keypoints: For a checkpoint, replace its first four predicted keypoints by the
+            simulator's at every step (privileged; what perception costs, see
+            :mod:`robot_refusal.policies.privileged`); recorded in ``config.json`` and the
+            summary when True.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).
 
     Raises:
         UnknownNameError: Unknown policy, split or family.
-        ConfigError: ``keypoint_window`` or ``action_decoding`` for a scripted agent, or out
-            of range / unknown; ``workers`` < 1.
+        ConfigError: ``keypoint_window``, ``action_decoding`` or ``exact_keypoints`` for a
+            scripted agent, or out of range / unknown; ``workers`` < 1.
         RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
         WorkerError: A worker process failed or died (the finished episodes stay saved).
     """
-    check_agent(policy, keypoint_window, action_decoding)  # before the run folder is touched
+    # before the run folder is touched
+    check_agent(policy, keypoint_window, action_decoding, exact_keypoints)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if split not in SPLITS:
@@ -291,6 +301,8 @@ def evaluate(
         config["keypoint_window"] = keypoint_window
     if action_decoding is not None:
         config["action_decoding"] = action_decoding
+    if exact_keypoints:
+        config["exact_keypoints"] = True
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]
@@ -300,6 +312,7 @@ def evaluate(
         "families": families,
         "keypoint_window": keypoint_window,
         "action_decoding": action_decoding,
+        "exact_keypoints": exact_keypoints,
     }
     decoding: dict[str, str] = {}  # a checkpoint's action-token reading, its own or the override
     if policy not in AGENTS:
@@ -321,6 +334,7 @@ def evaluate(
         "policy": policy,
         **({} if keypoint_window is None else {"keypoint_window": keypoint_window}),
         **decoding,
+        **({"exact_keypoints": True} if exact_keypoints else {}),
         "direction": None,
         "seed": seed,
         "split": split,

@@ -241,3 +241,22 @@ def test_eval_action_decoding_is_recorded_and_guards_resume(
     assert main([*argv, "--force"]) == 0  # the checkpoint's own reading, named in the summary
     assert "action_decoding" not in json.loads((out / "config.json").read_text())
     assert json.loads((out / "summary.json").read_text())["action_decoding"] == "argmax"
+
+
+def test_eval_exact_keypoints_is_recorded_and_refused_for_scripted_agents(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``eval --exact-keypoints`` (the perception diagnostic) is recorded in config.json and
+    summary.json, a resume without it is refused, and a scripted agent refuses it."""
+    out = tmp_path / "run"
+    argv = ["eval", "--policy", "vla-small", "--episodes", "1", "--families", "context"]
+    argv += ["--out", str(out), "--quiet"]
+    assert main([*argv, "--exact-keypoints"]) == 0
+    assert json.loads((out / "config.json").read_text())["exact_keypoints"] is True
+    assert json.loads((out / "summary.json").read_text())["exact_keypoints"] is True
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "exact_keypoints" in capsys.readouterr().err
+    expert = ["eval", "--policy", "expert", "--episodes", "1", "--out", str(tmp_path / "e")]
+    assert main([*expert, "--exact-keypoints", "--quiet"]) == 2
+    assert "exact_keypoints applies to policy checkpoints" in capsys.readouterr().err

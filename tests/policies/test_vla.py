@@ -542,3 +542,66 @@ def test_keypoint_window_is_a_config_setting_and_a_load_override(tmp_path: Path,
     assert again.model.config.keypoint_window == 2
     with torch.no_grad():
         assert torch.equal(again.model(**inputs).logits, out.logits)
+
+
+def test_keypoint_override_replaces_the_leading_keypoints_everywhere_the_decoder_reads_them(
+    obs: dict,
+) -> None:
+    """``override_keypoints`` swaps the first K' keypoints (a non-finite row keeps the
+    prediction); fed through ``embed_prefix`` it changes the keypoint and metric tokens and
+    nothing else; bad shapes are typed errors."""
+    from robot_refusal.policies.modeling_vla import override_keypoints
+
+    predicted = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2) / 10
+    given = torch.full((2, 3, 2), 0.5)
+    given[1, 2] = torch.tensor([float("nan"), 0.1])
+    out = override_keypoints(predicted, given)
+    assert torch.equal(out[0, :3], given[0]) and torch.equal(out[1, :2], given[1, :2])
+    assert torch.equal(out[1, 2], predicted[1, 2])  # the NaN row keeps the prediction
+    assert torch.equal(out[:, 3:], predicted[:, 3:])
+    with pytest.raises(ConfigError, match="6 keypoints"):
+        override_keypoints(predicted, torch.zeros(2, 6, 2))
+    with pytest.raises(ConfigError, match=r"\(B=2, K', 2\)"):
+        override_keypoints(predicted, torch.zeros(2, 3))
+    pol = tiny_policy(grounded=2, metric=4)
+    inputs = pol.processor([obs])
+    with torch.no_grad():
+        x, _, kp, _ = pol.model.embed_prefix(**inputs)
+        same, _, kp_same, _ = pol.model.embed_prefix(**inputs, keypoint_override=kp[:, :4])
+        moved = kp[:, :4].clone()
+        moved[:, 0] += 0.3
+        other, _, kp_other, _ = pol.model.embed_prefix(**inputs, keypoint_override=moved)
+    assert torch.equal(same, x) and torch.equal(kp_same, kp)
+    assert torch.allclose(kp_other[:, 0], kp[:, 0] + 0.3)
+    changed = (other != x).any(-1)[0]  # (P,) prefix positions that changed
+    n_img = pol.model.config.image_tokens_side**2
+    assert changed.nonzero().flatten().tolist() == [n_img, n_img + 1]  # keypoint, metric tokens
+    acts, _ = pol.select_actions([obs], keypoint_override=moved.numpy())
+    ref, _ = pol.select_actions([obs])
+    assert set(acts[0]) == set(ref[0])
+
+
+def test_exact_keypoint_policy_reads_the_simulators_keypoints_every_step() -> None:
+    """The privileged diagnostic agent feeds ``env.keypoints_uv()`` of the current state: its
+    action equals the plain policy's with that override; models with fewer than four
+    keypoints are refused."""
+    from robot_refusal.policies.privileged import ExactKeypointPolicy
+
+    pol = tiny_policy(grounded=2, metric=4)
+    env = RobotRefusalEnv("pick_place", split="test")
+    try:
+        o, _ = env.reset(seed=3)
+        agent = ExactKeypointPolicy(pol.model, pol.processor, env)
+        for _ in range(3):
+            exact = env.keypoints_uv()
+            a = agent.select_action(o)
+            ref, score = pol.select_actions([o], keypoint_override=exact[None])
+            assert agent.refusal_score == float(score[0])
+            assert all(np.array_equal(a[k], ref[0][k]) for k in a)
+            o, *_ = env.step(a)
+        small = tiny_policy()
+        small.model.config.num_keypoints = 3
+        with pytest.raises(ConfigError, match=">= 4 keypoints"):
+            ExactKeypointPolicy(small.model, small.processor, env)
+    finally:
+        env.close()
