@@ -58,8 +58,9 @@ VELOCITY_POLICY_STATE = (0, 1, 2, 3, 4, 5, 6, 7)
 checkpoints trained with ``robot-refusal train --state-velocity``. The copycat finding above
 was made on an encoder that could not yet locate the named object; with exact keypoints, the
 imitation ceiling's argmax over action bins succeeds far more often with the velocity than
-without (README, "Where the decoder loses its points"), because the current motion picks
-between the modes of a split action distribution (a detour or the straight path)."""
+without (184 against 146 of 200 harmless test episodes; README, "Where the decoder loses its
+points"), presumably because the current motion tells apart the modes of a split action
+distribution (a detour or the straight path)."""
 
 
 GOAL_POLICY_STATE = (6, 7)
