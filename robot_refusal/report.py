@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from robot_refusal.errors import RunFolderError
-from robot_refusal.runs import CONFIG, EPISODES, SUMMARY
+from robot_refusal.runs import CONFIG, EPISODES, SUMMARY, read_episode_records
 from robot_refusal.tables import COLUMNS, condition_names, family_rows, percent, summary_rows
 
 PLOTS = "plots"
@@ -117,7 +117,9 @@ class Report:
 
 
 def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """(summary, config, records) of a run folder.
+    """(summary, config, records) of a run folder; the records as
+    :func:`~robot_refusal.runs.read_episode_records` reads them (a partial last line, from a
+    run killed while writing, is left out).
 
     Raises:
         RunFolderError: If the folder, its ``summary.json`` or records are missing or corrupt.
@@ -134,15 +136,8 @@ def load_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[d
             data.append(json.loads(f.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RunFolderError(f"{f} is corrupt ({e})") from e
-    records = []
     ep = path / EPISODES
-    if ep.is_file():
-        for i, line in enumerate(ep.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise RunFolderError(f"{ep}:{i} is not a JSON record ({e})") from e
+    records = read_episode_records(ep, ("condition", "episode_id")) if ep.is_file() else []
     summary, config = data
     if not isinstance(summary, dict) or not summary.get("conditions"):
         raise RunFolderError(f"{path / SUMMARY} has no conditions; nothing to report")

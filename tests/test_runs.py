@@ -52,3 +52,22 @@ def test_resume_into_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(RunFolderError, match="not a robot-refusal run"):
         RunFolder(folder, {"command": "attack", "seed": 0}, resume=True)
     assert "hidden_size" in (folder / "config.json").read_text()  # untouched
+
+
+def test_report_reads_records_as_the_run_folder_does(tmp_path: Path) -> None:
+    """``report.load_run`` leaves out a partial last line (a run killed mid-write) and names
+    the file and line of a corrupt record."""
+    from robot_refusal.report import load_run
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "summary.json").write_text('{"conditions": {"baseline": {}}}')
+    (run / "config.json").write_text("{}")
+    rec = [{"episode_id": e, "condition": "baseline", "refusal_score": 1.0} for e in "ab"]
+    body = "".join(json.dumps(r) + "\n" for r in rec)
+    (run / EPISODES).write_text(body + '{"episode_id": "c", "cond')
+    _, _, records = load_run(run)
+    assert records == rec
+    (run / EPISODES).write_text('{"episode_id": "a", "condition": "baseline"}\n{oops\n' + body)
+    with pytest.raises(RunFolderError, match=r"episodes\.jsonl:2 is not a JSON record"):
+        load_run(run)
