@@ -47,10 +47,15 @@ def check_keypoint_window(radius: int, name: str = "keypoint_window") -> None:
     check_window(radius, MAX_KEYPOINT_WINDOW, "cells", name)
 
 
-ACTION_DECODINGS = ("argmax", "mean", "local_mean")
+ACTION_DECODINGS = ("argmax", "mean", "local_mean", "regression")
 """How an action position is read: the argmax bin (greedy decoding, the default), the mean
 of the bin distribution, or the mean over the bins within ``action_window`` of the argmax
-(``VLAForActionPrediction.predict_action_tokens``)."""
+(``VLAForActionPrediction.predict_action_tokens``); ``"regression"`` reads all of them at
+once from the continuous action head instead (a model with ``action_head="regression"``)."""
+ACTION_HEADS = ("tokens", "regression")
+"""What a model predicts actions with: the language-model head over action bins only
+(``"tokens"``), or that plus a continuous regression head on the ACT position (OpenVLA-OFT's
+parallel decoding with an L1 loss; Kim et al. 2025, arXiv:2502.19645, section 3)."""
 MAX_ACTION_WINDOW = 255  # bins: a window this wide is the whole distribution
 
 
@@ -59,6 +64,16 @@ def check_action_decoding(decoding: str, name: str = "action_decoding") -> None:
     ``name`` is the setting the message names."""
     if decoding not in ACTION_DECODINGS:
         raise ConfigError(f"{name} must be one of {ACTION_DECODINGS}, got {decoding!r}")
+
+
+def check_decoding_for_head(decoding: str, head: str) -> None:
+    """Raise :class:`ConfigError` if ``decoding`` (one of :data:`ACTION_DECODINGS`) needs a
+    head the model lacks: ``"regression"`` needs ``action_head="regression"``."""
+    if decoding == "regression" and head != "regression":
+        raise ConfigError(
+            "action_decoding 'regression' needs a model trained with a regression action head "
+            f"(action_head='regression'); this one has action_head={head!r}"
+        )
 
 
 class VLAConfig(PretrainedConfig):
@@ -127,6 +142,11 @@ class VLAConfig(PretrainedConfig):
             a bin). Also independent of the weights.
         action_window: Half-width in bins of the ``"local_mean"`` window, in [0, 255] (0:
             the argmax; 255: the whole distribution's mean).
+        action_head: ``"tokens"`` (the shipped checkpoints) or ``"regression"``: an MLP on
+            the final hidden state of the ACT position that gives all ``action_dim`` actions
+            at once, each in [-1, 1] between the action tokenizer's 1st and 99th percentiles
+            (read with ``action_decoding="regression"``). The refuse-or-act choice stays the
+            language-model head's first token either way, and the token head is trained too.
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
 
     Raises:
@@ -134,7 +154,8 @@ class VLAConfig(PretrainedConfig):
             ``[0, num_keypoints]``; ``keypoint_stride`` not 2 or 4; ``metric_keypoints``
             without a 16-float camera matrix; ``metric_upper_plane_height`` equal to
             ``metric_plane_height``; ``keypoint_window`` outside [0, 8]; an unknown
-            ``action_decoding``; ``action_window`` outside [0, 255].
+            ``action_decoding``; ``action_window`` outside [0, 255]; an unknown
+            ``action_head``, or ``action_decoding="regression"`` without that head.
     """
 
     model_type = "robot_refusal_vla"
@@ -164,6 +185,7 @@ class VLAConfig(PretrainedConfig):
         keypoint_window: int = 0,
         action_decoding: str = "argmax",
         action_window: int = 8,
+        action_head: str = "tokens",
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         **kwargs: Any,
@@ -218,6 +240,10 @@ class VLAConfig(PretrainedConfig):
         self.action_decoding = action_decoding
         check_window(action_window, MAX_ACTION_WINDOW, "bins", "action_window")
         self.action_window = action_window
+        if action_head not in ACTION_HEADS:
+            raise ConfigError(f"action_head must be one of {ACTION_HEADS}, got {action_head!r}")
+        self.action_head = action_head
+        check_decoding_for_head(action_decoding, action_head)
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)

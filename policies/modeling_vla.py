@@ -39,6 +39,7 @@ from robot_refusal.policies.configuration_vla import (
     REFUSE_ID,
     SEP_ID,
     VLAConfig,
+    check_decoding_for_head,
 )
 
 
@@ -333,6 +334,9 @@ class VLAOutput:
         keypoints: (B, K, 2) spatial-softmax keypoints of the vision encoder, (x, y) in [-1, 1].
         heatmap_logits: (B, K, h, w) the keypoints' heatmap logits (h = w = image side /
             ``config.keypoint_stride``).
+        action_values: (B, action_dim) the regression action head's output at the ACT
+            position, in [-1, 1] units between the action tokenizer's 1st and 99th
+            percentiles (``config.action_head="regression"``), else None.
     """
 
     logits: Tensor
@@ -341,6 +345,7 @@ class VLAOutput:
     past_key_values: DynamicCache | None = None
     keypoints: Tensor | None = None
     heatmap_logits: Tensor | None = None
+    action_values: Tensor | None = None
 
 
 class VLAPreTrainedModel(PreTrainedModel):
@@ -386,6 +391,11 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             self.metric_projector = MLPProjector(width, d)
         self.language_model = LlamaModel(config.decoder_config())
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
+        self.action_regressor: nn.Module | None = None
+        if config.action_head == "regression":  # OpenVLA-OFT's continuous head
+            self.action_regressor = nn.Sequential(
+                nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.action_dim)
+            )
         self.post_init()
 
     # -- embeddings --------------------------------------------------------------------------
@@ -507,6 +517,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         x, mask, keypoints, heat = self.embed_prefix(
             pixel_values, input_ids, state, attention_mask, ee_position, metric_source
         )
+        act_position = x.shape[1] - 1
         if action_input_ids is not None:
             x = torch.cat([x, self.language_model.embed_tokens(action_input_ids)], dim=1)
             mask = torch.cat([mask, mask.new_ones(action_input_ids.shape)], dim=1)
@@ -517,7 +528,10 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             k = labels.shape[1]
             gen = logits[:, -k:, :]  # positions that predict the generated tokens
             loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
-        return VLAOutput(logits, loss, out.hidden_states, out.cache, keypoints, heat)
+        values = None
+        if self.action_regressor is not None:
+            values = self.action_regressor(out.last_hidden_state[:, act_position])
+        return VLAOutput(logits, loss, out.hidden_states, out.cache, keypoints, heat, values)
 
     def _decode(
         self, x: Tensor, mask: Tensor, use_cache: bool, output_hidden_states: bool = False
@@ -562,6 +576,9 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         section 3; Farebrother et al. 2024, section 3). ``decoding="local_mean"`` takes the
         mean over the bins within ``config.action_window`` of the argmax only, renormalised:
         the argmax's mode read to a fraction of a bin, never a point between two modes.
+        ``decoding="regression"`` (a model with ``config.action_head="regression"``) reads
+        every action position at once from the regression head at the ACT position, as
+        fractional bin indices (OpenVLA-OFT's parallel decoding; no token is fed back).
 
         Args:
             pixel_values, input_ids, state, attention_mask, ee_position, keypoint_override:
@@ -570,16 +587,18 @@ class VLAForActionPrediction(VLAPreTrainedModel):
 
         Returns:
             (tokens (B, action_dim): int64 token ids for ``"argmax"``, float32 fractional
-            ids (ACTION_TOKEN_OFFSET + expected bin) for the means; ``<refuse>`` then
-            padding for refusals, first-position log-probabilities (B, V) in float32).
+            ids (ACTION_TOKEN_OFFSET + expected bin) for the means and the regression;
+            ``<refuse>`` then padding for refusals, first-position log-probabilities (B, V)
+            in float32).
 
         Raises:
-            ConfigError: An unknown ``decoding``.
+            ConfigError: An unknown ``decoding``, or ``"regression"`` without that head.
         """
         if decoding is None:
             decoding = self.config.action_decoding
         if decoding not in ACTION_DECODINGS:
             raise ConfigError(f"decoding must be one of {ACTION_DECODINGS}, got {decoding!r}")
+        check_decoding_for_head(decoding, self.config.action_head)
         cfg = self.config
         x, mask, _, _ = self.embed_prefix(
             pixel_values,
@@ -610,6 +629,14 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             return (probs * grid).sum(-1)
 
         tokens = [first_choice.argmax(-1)]
+        if decoding == "regression":  # all positions at once from the ACT position
+            assert self.action_regressor is not None
+            unit = self.action_regressor(out.last_hidden_state[:, -1]).float()  # (B, D)
+            bins = ((unit + 1) / 2 * cfg.n_bins - 0.5).clamp(0, cfg.n_bins - 1)
+            act = (tokens[0] != REFUSE_ID)[:, None]
+            refuse_row = torch.zeros_like(bins)
+            refuse_row[:, 0] = REFUSE_ID
+            return torch.where(act, lo + bins, refuse_row), logprobs
         values = [tokens[0].float()]
         if decoding != "argmax":
             act = tokens[0] != REFUSE_ID

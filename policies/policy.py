@@ -20,6 +20,7 @@ from robot_refusal.policies.configuration_vla import (
     REFUSE_ID,
     VLAConfig,
     check_action_decoding,
+    check_decoding_for_head,
     check_keypoint_window,
 )
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
@@ -73,14 +74,16 @@ class VLAPolicy:
         processor: Its processor.
         action_decoding: How action tokens are read (``configuration_vla.ACTION_DECODINGS``):
             ``"argmax"`` (greedy), ``"mean"`` (each action dimension as the mean of its bin
-            distribution) or ``"local_mean"`` (the mean near the argmax); see
+            distribution), ``"local_mean"`` (the mean near the argmax) or ``"regression"``
+            (the continuous action head of a model trained with one); see
             ``VLAForActionPrediction.predict_action_tokens``. None keeps
             the checkpoint's ``VLAConfig.action_decoding``; a value is written into the
             model's config, so that :meth:`save_pretrained` records it and every wrapper of
             the same model reads its tokens the same way.
 
     Raises:
-        ConfigError: An unknown ``action_decoding``.
+        ConfigError: An unknown ``action_decoding``, or ``"regression"`` for a model
+            without that head.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class VLAPolicy:
     ) -> None:
         if action_decoding is not None:
             check_action_decoding(action_decoding)
+            check_decoding_for_head(action_decoding, model.config.action_head)
             model.config.action_decoding = action_decoding
         self.model = model.eval()
         self.processor = processor
@@ -130,7 +134,7 @@ class VLAPolicy:
             CheckpointError: Missing folder, missing ``config.json`` or weights, or a corrupt
                 or truncated weights file (the message names the file).
             ConfigError: ``keypoint_window`` outside [0, 8], or an unknown
-                ``action_decoding``.
+                ``action_decoding`` (or ``"regression"`` for a checkpoint without that head).
         """
         if action_decoding is not None:
             check_action_decoding(action_decoding)
@@ -147,6 +151,7 @@ class VLAPolicy:
         if keypoint_window is not None:
             config.keypoint_window = keypoint_window
         if action_decoding is not None:
+            check_decoding_for_head(action_decoding, config.action_head)
             config.action_decoding = action_decoding
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a 60-tensor checkpoint loads in milliseconds

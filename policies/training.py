@@ -30,6 +30,7 @@ from transformers import get_cosine_schedule_with_warmup
 from robot_refusal.errors import ConfigError, DatasetError, RunFolderError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer
 from robot_refusal.policies.configuration_vla import (
+    ACTION_HEADS,
     ACTION_TOKEN_OFFSET,
     REFUSE_ID,
     VLAConfig,
@@ -139,6 +140,12 @@ class TrainConfig:
             :data:`POLICY_STATE`). False (the shipped checkpoints): position, gripper opening
             and grasp flag only. Delta action space only; with ``init_from`` the checkpoint's
             own state entries are used.
+        action_head: ``"tokens"`` (the shipped checkpoints) or ``"regression"``: the model
+            also gets a continuous action head (``VLAConfig.action_head``; OpenVLA-OFT's L1
+            regression, Kim et al. 2025, section 3), trained with ``regression_weight`` times
+            the L1 error of its actions in [-1, 1] units besides the token loss, and the
+            checkpoint reads its actions from it (``action_decoding="regression"``).
+        regression_weight: Weight of that L1 loss.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -172,6 +179,8 @@ class TrainConfig:
     extra_data: tuple[str, ...] = ()
     init_from: str | None = None
     state_velocity: bool = False
+    action_head: str = "tokens"
+    regression_weight: float = 1.0
     eval_every: int = 500
     threads: int = 2
 
@@ -216,6 +225,12 @@ class TrainConfig:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
             )
+        if self.action_head not in ACTION_HEADS:
+            raise ConfigError(
+                f"action_head must be one of {', '.join(ACTION_HEADS)}, got {self.action_head!r}"
+            )
+        if not self.regression_weight >= 0:
+            raise ConfigError(f"regression_weight must be >= 0, got {self.regression_weight}")
         if self.state_velocity and self.action_space != "delta":
             raise ConfigError("state_velocity needs the delta action space")
 
@@ -457,6 +472,10 @@ class Batcher:
         labels = processor.action_labels(targets, data.refuse)
         labels[~data.labelled] = -100  # a deliberate miss: keypoint labels only
         self.labels = torch.from_numpy(labels)
+        acts = processor.actions
+        low, high = np.asarray(acts.low), np.asarray(acts.high)
+        unit = np.clip((np.nan_to_num(targets) - low) / (high - low), 0.0, 1.0)
+        self.action_values = torch.from_numpy((2 * unit - 1).astype(np.float32))  # (N, D)
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Inputs and labels (B, D) of frames ``idx`` (teacher forcing: D - 1 fed tokens)."""
@@ -471,6 +490,7 @@ class Batcher:
             "ee_position": torch.from_numpy(d.states[idx, :3].copy()),
             "action_input_ids": fed,
             "labels": labels,
+            "action_values": self.action_values[idx],
         }
         if d.keypoints is not None:
             batch["keypoint_labels"] = torch.from_numpy(d.keypoints[idx])
@@ -562,6 +582,7 @@ def training_loss(
     heatmap_weight: float = 0.0,
     metric_label_noise_px: float = -1.0,
     rng: np.random.Generator | None = None,
+    regression_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Action-token cross-entropy (against Gaussian soft targets when ``label_sigma`` > 0)
     plus the weighted auxiliary keypoint losses (squared error of the keypoints, and with
@@ -570,13 +591,16 @@ def training_loss(
     ``metric_label_noise_px`` >= 0 a model with metric keypoints builds its metric token from
     the keypoint labels plus Gaussian noise of that many pixels (teacher forcing), drawn from
     ``rng`` (the training sampler's, so that a resumed run repeats it; None: a fixed seed);
-    < 0 from its own predictions.
+    < 0 from its own predictions. A model with a regression action head
+    (``config.action_head="regression"``) adds ``regression_weight`` times the L1 error of its
+    actions against ``batch["action_values"]`` (B, D) in [-1, 1] units, on the frames whose
+    first label is an action (not a refusal, not a deliberate miss).
 
     Returns:
         (total loss, one-hot action-token cross-entropy, keypoint mean squared error or None
         when the batch has no keypoint labels).
     """
-    inputs = {k: v for k, v in batch.items() if k != "keypoint_labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("keypoint_labels", "action_values")}
     target_kp = batch.get("keypoint_labels")
     if model.config.metric_keypoints and target_kp is not None and metric_label_noise_px >= 0:
         # Teacher forcing of the metric token: the labels, jittered by a pixel or so, so that
@@ -598,6 +622,9 @@ def training_loss(
         cfg = model.config
         target = soft_action_targets(labels, cfg.vocab_size, cfg.n_bins, label_sigma)
         loss = -(target * logp).sum(-1)[valid].mean()
+    l1 = regression_l1(out.action_values, batch, labels)
+    if l1 is not None:
+        loss = loss + regression_weight * l1
     if target_kp is None or keypoint_weight == heatmap_weight == 0:
         return loss, out.loss, None
     seen = in_view(target_kp)  # (B, P): labels out of the image train no keypoint loss
@@ -612,6 +639,20 @@ def training_loss(
     return loss, out.loss, mse
 
 
+def regression_l1(
+    values: torch.Tensor | None, batch: dict[str, torch.Tensor], labels: torch.Tensor
+) -> torch.Tensor | None:
+    """Mean L1 error of a regression action head's ``values`` (B, D) against
+    ``batch["action_values"]`` (B, D), both in [-1, 1] units, over the frames whose first
+    label (``labels`` (B, D)) is an action token; None without a head or such frames."""
+    if values is None:
+        return None
+    acting = labels[:, 0] >= ACTION_TOKEN_OFFSET  # not <refuse>, not ignored (-100)
+    if not acting.any():
+        return None
+    return (values[acting] - batch["action_values"][acting]).abs().mean()
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: VLAForActionPrediction, batcher: Batcher, batch_size: int = 256
@@ -619,17 +660,24 @@ def evaluate_loss(
     """Mean validation loss, action-token accuracy, first-token (refuse/act) accuracy and, when
     the data has keypoint labels, the keypoint mean squared error and the median error of the
     target keypoint on the first frames of non-refusal episodes (``val_first_target_px``, in
-    pixels): where the policy thinks the named object is before it has moved."""
+    pixels): where the policy thinks the named object is before it has moved. A model with a
+    regression action head adds ``val_action_l1`` (:func:`regression_l1`, [-1, 1] units)."""
     model.eval()
     n = len(batcher.data.states)
     losses, correct, total, first_ok = [], 0, 0, 0
     kp_err: list[float] = []
     target_px: list[np.ndarray] = []
+    l1_sum, l1_n = 0.0, 0
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
         batch = batcher(idx)
         kp_labels = batch.pop("keypoint_labels", None)
+        targets = batch.pop("action_values")
         out = model(**batch)
+        l1 = regression_l1(out.action_values, {"action_values": targets}, batch["labels"])
+        if l1 is not None:
+            acting = int((batch["labels"][:, 0] >= ACTION_TOKEN_OFFSET).sum())
+            l1_sum, l1_n = l1_sum + float(l1) * acting, l1_n + acting
         if kp_labels is not None and out.keypoints is not None:
             kp = out.keypoints[:, : kp_labels.shape[1]]
             kp_err.append(float(((kp - kp_labels) ** 2).mean()) * len(idx))
@@ -651,6 +699,8 @@ def evaluate_loss(
         "val_token_acc": correct / max(total, 1),
         "val_refuse_acc": first_ok / n,
     }
+    if l1_n:
+        metrics["val_action_l1"] = l1_sum / l1_n
     if kp_err:
         metrics["val_keypoint_mse"] = sum(kp_err) / n
         px = np.concatenate(target_px)
@@ -721,6 +771,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             config.heatmap_weight,
             config.metric_label_noise_px,
             gen,
+            config.regression_weight,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -802,6 +853,8 @@ def _model(
             metric_upper_plane_height=config.metric_upper_plane_height,
             keypoint_stride=config.keypoint_stride,
             keypoint_window=config.keypoint_window,
+            action_head=config.action_head,
+            action_decoding="regression" if config.action_head == "regression" else "argmax",
             camera_unprojection=scene_camera(processor.image_size)
             if config.metric_keypoints
             else None,

@@ -163,6 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra_data=tuple(args.extra_data or ()),
         init_from=args.init,
         state_velocity=args.state_velocity,
+        action_head=args.action_head,
+        regression_weight=args.regression_weight,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -343,12 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--action-decoding",
-        choices=("argmax", "mean", "local_mean"),  # configuration_vla.ACTION_DECODINGS
+        choices=("argmax", "mean", "local_mean", "regression"),  # ACTION_DECODINGS
         default=None,
         help="checkpoints only: read each action token as its argmax bin, the mean of its "
         "bin distribution, or the mean within the checkpoint's action_window bins of the "
-        "argmax (local_mean), overriding the checkpoint's action_decoding (default: the "
-        "checkpoint's own, argmax unless its config.json says otherwise)",
+        "argmax (local_mean), or all at once from the regression head of a checkpoint "
+        "trained with one (regression), overriding the checkpoint's action_decoding "
+        "(default: the checkpoint's own, argmax unless its config.json says otherwise)",
     )
     p.add_argument(
         "--exact-keypoints",
@@ -565,6 +568,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also give the policy the end-effector velocity (default: position, gripper "
         "opening and grasp flag, as the shipped checkpoints)",
+    )
+    p.add_argument(
+        "--action-head",
+        choices=("tokens", "regression"),  # configuration_vla.ACTION_HEADS
+        default="tokens",
+        help="tokens (default, as the shipped checkpoints) or regression: add a continuous "
+        "action head (OpenVLA-OFT's L1 regression), which the checkpoint then acts with",
+    )
+    p.add_argument(
+        "--regression-weight",
+        type=float,
+        default=1.0,
+        help="weight of the regression head's L1 loss (default 1)",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

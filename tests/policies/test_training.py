@@ -576,3 +576,49 @@ def test_state_velocity_checkpoint_reads_the_velocity(tiny_data: Path, tmp_path:
         _check_resume_config(last, state, replace(plain, state_velocity=True))
     with pytest.raises(ConfigError, match="delta action space"):
         replace(config, action_space="goal").check()
+
+
+def test_regression_head_training_fits_the_actions_and_still_refuses(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``action_head="regression"``: the head fits the training actions (its L1 error well
+    below that of the best constant), validation reports its error, the
+    checkpoint acts with it (``action_decoding="regression"``) and the first token still
+    refuses the harmful training instructions."""
+    from robot_refusal.policies.training import Batcher
+
+    config = replace(_config(tiny_data, tmp_path / "reg", 300), action_head="regression")
+    result = train(config, progress=False)
+    assert all("val_action_l1" in h for h in result["history"])
+    policy = VLAPolicy.from_pretrained(tmp_path / "reg")
+    assert policy.action_decoding == "regression"
+    data = load_tensors(load_dataset(tiny_data))
+    trained = data.episode != data.episode.max()
+    harmful = np.flatnonzero(data.refuse & trained)
+    moving = np.flatnonzero(~data.refuse & trained & (np.abs(data.actions[:, :3]).sum(1) > 0.02))
+    batch = Batcher(data, policy.processor)(moving)
+    batch.pop("keypoint_labels", None)
+    target = batch.pop("action_values")
+    with torch.no_grad():
+        fitted = policy.model(**batch).action_values
+    assert fitted is not None
+    constant = (target - target.median(0).values).abs().mean()  # the best constant's L1
+    assert float((fitted - target).abs().mean()) < 0.6 * float(constant)  # 0.49 measured
+    obs = [
+        {
+            "image": data.images[i],
+            "state": data.states[i],
+            "instruction": data.texts[int(data.instructions[i])],
+        }
+        for i in [*harmful, *moving]
+    ]
+    actions, _ = policy.select_actions(obs)
+    assert [a["refuse"] for a in actions[: len(harmful)]] == [1] * len(harmful)
+    deltas = np.stack([a["delta"] for a in actions[len(harmful) :]])
+    expert = data.actions[moving, :3]
+    cos = (deltas * expert).sum(1) / (
+        np.linalg.norm(deltas, axis=1) * np.linalg.norm(expert, axis=1) + 1e-9
+    )
+    assert np.median(cos) > 0.5  # training frames: the head follows the expert's motion
+    with pytest.raises(ConfigError, match="regression_weight"):
+        replace(config, regression_weight=-1.0).check()

@@ -31,6 +31,7 @@ def tiny_policy(
     metric: int = 0,
     keypoint_stride: int = 4,
     upper_plane: float | None = None,
+    action_head: str = "tokens",
 ) -> VLAPolicy:
     acts = ActionTokenizer.fit(np.random.default_rng(seed).uniform(-0.04, 0.04, (200, 4)))
     norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -48,6 +49,7 @@ def tiny_policy(
         keypoint_stride=keypoint_stride,
         camera_unprojection=_camera() if metric else None,
         metric_upper_plane_height=upper_plane,
+        action_head=action_head,
     )
     torch.manual_seed(seed)
     return VLAPolicy(VLAForActionPrediction(cfg), proc)
@@ -605,3 +607,46 @@ def test_exact_keypoint_policy_reads_the_simulators_keypoints_every_step() -> No
             ExactKeypointPolicy(small.model, small.processor, env)
     finally:
         env.close()
+
+
+def test_regression_head_reads_every_action_at_once(tmp_path: Path, obs: dict) -> None:
+    """``action_head="regression"`` adds a continuous head on the ACT position; decoding
+    ``"regression"`` returns its values as fractional bin ids (the actions they decode to are
+    the head's, de-normalised between the 1st and 99th percentiles), keeps the refuse-or-act
+    choice of the first token, and survives a save/load; a model without the head refuses
+    that decoding, at construction, at load and at run time."""
+    with pytest.raises(ConfigError, match="regression action head"):
+        VLAConfig(action_decoding="regression")
+    with pytest.raises(ConfigError, match="action_head"):
+        VLAConfig(action_head="diffusion")
+    pol = tiny_policy(action_head="regression")
+    inputs = pol.processor([obs, obs])
+    with torch.no_grad():
+        out = pol.model(**inputs)
+    assert out.action_values is not None and out.action_values.shape == (2, 4)
+    values, logprobs = pol.model.predict_action_tokens(**inputs, decoding="regression")
+    _, logprobs_argmax = pol.model.predict_action_tokens(**inputs, decoding="argmax")
+    assert torch.equal(logprobs, logprobs_argmax)  # the refusal score does not change
+    n = pol.model.config.n_bins
+    want = ((out.action_values + 1) / 2 * n - 0.5).clamp(0, n - 1) + ACTION_TOKEN_OFFSET
+    assert values.dtype == torch.float32 and torch.allclose(values, want, atol=1e-5)
+    acts = pol.processor.decode_actions(values.numpy())
+    low, high = np.array(pol.processor.actions.low), np.array(pol.processor.actions.high)
+    unit = ((out.action_values[0].numpy() + 1) / 2).clip(0.5 / n, 1 - 0.5 / n)
+    assert acts[0]["delta"] == pytest.approx(low[:3] + unit[:3] * (high[:3] - low[:3]), abs=1e-6)
+    VLAPolicy(pol.model, pol.processor, "regression").save_pretrained(tmp_path / "reg")
+    again = VLAPolicy.from_pretrained(tmp_path / "reg")
+    assert again.action_decoding == "regression"
+    assert torch.equal(again.model.predict_action_tokens(**inputs)[0], values)
+    with torch.no_grad():  # every logit equal: the first token's tie goes to <refuse>
+        again.model.lm_head.weight.zero_()
+    refused, _ = again.model.predict_action_tokens(**inputs)
+    assert refused.tolist() == [[REFUSE_ID, 0, 0, 0]] * 2
+    plain = tiny_policy()
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="regression action head"):
+        VLAPolicy(plain.model, plain.processor, "regression")
+    with pytest.raises(ConfigError, match="regression action head"):
+        VLAPolicy.from_pretrained(tmp_path / "plain", action_decoding="regression")
+    with pytest.raises(ConfigError, match="regression action head"):
+        plain.model.predict_action_tokens(**inputs, decoding="regression")
