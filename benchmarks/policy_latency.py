@@ -8,7 +8,8 @@ median <= 10 ms, so that a 10 Hz control loop keeps over 90% of its 100 ms budge
 ``--keypoint-window R`` the same weights are also timed with that keypoint readout
 (``VLAConfig.keypoint_window``), call by call alternating with the checkpoint's own, and the
 table gets a row for each and their ratio; ``--action-decoding`` does the same for an action
-token reading (``VLAConfig.action_decoding``: ``argmax``, ``mean`` or ``local_mean``).
+token reading (``VLAConfig.action_decoding``: ``argmax``, ``mean``, ``local_mean`` or, for a
+checkpoint trained with ``--action-head regression``, ``regression``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--action-decoding",
-        choices=("argmax", "mean", "local_mean"),
+        choices=("argmax", "mean", "local_mean", "regression"),
         default=None,
         help="also time this action-token reading",
     )
