@@ -650,3 +650,13 @@ def test_regression_head_reads_every_action_at_once(tmp_path: Path, obs: dict) -
         VLAPolicy.from_pretrained(tmp_path / "plain", action_decoding="regression")
     with pytest.raises(ConfigError, match="regression action head"):
         plain.model.predict_action_tokens(**inputs, decoding="regression")
+    # steering the residual stream reaches the regression head's actions
+    from robot_refusal.directions import Direction
+    from robot_refusal.interventions import activation_addition
+
+    g = torch.Generator().manual_seed(0)
+    r = Direction(torch.randn(32, generator=g, dtype=torch.float64) * 5.0)
+    with activation_addition(pol.model, r, layer=1):
+        steered, _ = pol.model.predict_action_tokens(**inputs, decoding="regression")
+    assert (steered[:, 0] != REFUSE_ID).all()  # still acting, with other actions:
+    assert (steered - values).abs().max() > 1.0  # bins moved
