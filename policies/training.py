@@ -144,7 +144,8 @@ class TrainConfig:
             also gets a continuous action head (``VLAConfig.action_head``; OpenVLA-OFT's L1
             regression, Kim et al. 2025, section 3), trained with ``regression_weight`` times
             the L1 error of its actions in [-1, 1] units besides the token loss, and the
-            checkpoint reads its actions from it (``action_decoding="regression"``).
+            checkpoint reads its actions from it (``action_decoding="regression"``). With
+            ``init_from`` the checkpoint's own head is kept.
         regression_weight: Weight of that L1 loss.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
