@@ -479,7 +479,10 @@ class Batcher:
         self.action_values = torch.from_numpy((2 * unit - 1).astype(np.float32))  # (N, D)
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """Inputs and labels (B, D) of frames ``idx`` (teacher forcing: D - 1 fed tokens)."""
+        """Inputs and labels (B, D) of frames ``idx`` (teacher forcing: D - 1 fed tokens),
+        plus two targets the model's ``forward`` does not take: ``action_values`` (B, D), the
+        actions in [-1, 1] units between the tokenizer's percentiles (a regression head's
+        targets), and, when the data has them, ``keypoint_labels`` (B, P, 2)."""
         d, p = self.data, self.processor
         labels = self.labels[idx]
         fed = labels[:, :-1].clamp(min=0)  # ignored positions get a harmless id

@@ -356,7 +356,7 @@ def test_metric_token_is_teacher_forced_from_the_labels(tiny_data: Path) -> None
     batch = Batcher(data, policy.processor)(np.arange(0, len(data.states), 7))
     model = policy.model.eval()
     labels = batch["keypoint_labels"]
-    inputs = {k: v for k, v in batch.items() if k != "keypoint_labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("keypoint_labels", "action_values")}
     with torch.no_grad():
         _, forced_ce, _ = training_loss(model, batch, 5.0, 0.0, 0.0, metric_label_noise_px=0.0)
         _, own_ce, _ = training_loss(model, batch, 5.0, 0.0, 0.0, metric_label_noise_px=-1.0)
