@@ -22,6 +22,14 @@ from robot_refusal.errors import ConfigError
 from robot_refusal.policies.policy import VLAPolicy
 
 
+def check_exact_keypoints(model: Any) -> None:
+    """Raise :class:`ConfigError` unless ``model`` has the four keypoints the simulator's
+    labels replace (target, destination, hand, gripper)."""
+    n = model.config.num_keypoints
+    if n < 4:
+        raise ConfigError(f"exact keypoints need a model with >= 4 keypoints, this one has {n}")
+
+
 class ExactKeypointPolicy(VLAPolicy):
     """A :class:`VLAPolicy` whose leading keypoints come from the simulator.
 
@@ -37,11 +45,7 @@ class ExactKeypointPolicy(VLAPolicy):
 
     def __init__(self, model: Any, processor: Any, env: gym.Env) -> None:
         super().__init__(model, processor)
-        if model.config.num_keypoints < 4:
-            raise ConfigError(
-                f"exact keypoints need a model with >= 4 keypoints, this one has "
-                f"{model.config.num_keypoints}"
-            )
+        check_exact_keypoints(model)
         if not callable(getattr(env.unwrapped, "keypoints_uv", None)):
             raise ConfigError(f"{type(env.unwrapped).__name__} has no keypoints_uv()")
         self.env = env

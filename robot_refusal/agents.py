@@ -67,11 +67,10 @@ def check_agent(
         return name
     if is_checkpoint(name):
         policy = load_policy(name, keypoint_window, action_decoding)
-        if exact_keypoints and policy.model.config.num_keypoints < 4:
-            raise ConfigError(
-                f"exact keypoints need a checkpoint with >= 4 keypoints; {name} has "
-                f"{policy.model.config.num_keypoints}"
-            )
+        if exact_keypoints:
+            from robot_refusal.policies.privileged import check_exact_keypoints
+
+            check_exact_keypoints(policy.model)
         return name
     raise UnknownNameError("policy (agent name or checkpoint folder)", name, AGENTS)
 

@@ -20,7 +20,7 @@ from robot_refusal.errors import ConfigError, DatasetError, RunFolderError
 from robot_refusal.policies.collect import collect
 from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.dataset import load_dataset
-from robot_refusal.policies.diagnostics import heading_report
+from robot_refusal.policies.diagnostics import frame_observations, heading_report
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.training import TrainConfig, load_tensors, train
 
@@ -604,15 +604,7 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
     assert fitted is not None
     constant = (target - target.median(0).values).abs().mean()  # the best constant's L1
     assert float((fitted - target).abs().mean()) < 0.6 * float(constant)  # 0.49 measured
-    obs = [
-        {
-            "image": data.images[i],
-            "state": data.states[i],
-            "instruction": data.texts[int(data.instructions[i])],
-        }
-        for i in [*harmful, *moving]
-    ]
-    actions, _ = policy.select_actions(obs)
+    actions, _ = policy.select_actions(frame_observations(data, [*harmful, *moving]))
     assert [a["refuse"] for a in actions[: len(harmful)]] == [1] * len(harmful)
     deltas = np.stack([a["delta"] for a in actions[len(harmful) :]])
     expert = data.actions[moving, :3]
