@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import LlamaConfig, PretrainedConfig
@@ -76,6 +77,91 @@ def check_decoding_for_head(decoding: str, head: str) -> None:
         )
 
 
+MAX_ACTION_CHUNK = 64
+"""Largest ``action_chunk`` (6.4 s of actions at the env's 10 Hz)."""
+
+
+def check_action_chunking(
+    chunk: int,
+    n_action_steps: int,
+    ensemble_coeff: float | None,
+    head: str,
+    decoding: str,
+) -> None:
+    """Raise :class:`ConfigError` unless the chunk settings fit together (see
+    :class:`VLAConfig`): ``chunk`` in [1, :data:`MAX_ACTION_CHUNK`], > 1 only with the
+    regression head read as ``"regression"``; ``n_action_steps`` in [1, ``chunk``];
+    ``ensemble_coeff`` None or finite and >= 0, and only with ``n_action_steps`` 1 (LeRobot's
+    ACT refuses the same mix: an ensemble needs a new chunk at every step)."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= MAX_ACTION_CHUNK:
+        raise ConfigError(f"action_chunk must be an int in [1, {MAX_ACTION_CHUNK}], got {chunk!r}")
+    if chunk > 1 and (head != "regression" or decoding != "regression"):
+        raise ConfigError(
+            f"action_chunk {chunk} needs the regression action head read as 'regression' "
+            f"(this one: action_head={head!r}, action_decoding={decoding!r}); the token head "
+            "gives one action per call"
+        )
+    if (
+        isinstance(n_action_steps, bool)
+        or not isinstance(n_action_steps, int)
+        or not 1 <= n_action_steps <= chunk
+    ):
+        raise ConfigError(
+            f"n_action_steps must be an int in [1, action_chunk={chunk}], got {n_action_steps!r}"
+        )
+    if ensemble_coeff is not None:
+        if not math.isfinite(ensemble_coeff) or ensemble_coeff < 0:
+            raise ConfigError(
+                f"temporal_ensemble_coeff must be finite and >= 0, got {ensemble_coeff!r}"
+            )
+        if n_action_steps != 1:
+            raise ConfigError(
+                "temporal_ensemble_coeff needs n_action_steps 1 (a new chunk at every step), "
+                f"got n_action_steps {n_action_steps}"
+            )
+
+
+CHUNK_EXECUTIONS = ("ensemble", "open-loop", "newest")
+"""How a chunked checkpoint runs its chunks (:func:`parse_chunk_execution`)."""
+DEFAULT_ENSEMBLE_COEFF = 0.01
+"""ACT's temporal-ensemble coefficient (Zhao et al. 2023, section 3.3)."""
+
+
+def parse_chunk_execution(spec: str, chunk: int | None = None) -> tuple[int, float | None]:
+    """A chunk execution ``spec`` -> (``n_action_steps``, ``temporal_ensemble_coeff``).
+
+    ``"ensemble"`` or ``"ensemble:C"``: a new chunk at every step, ACT's temporal ensemble
+    with coefficient C (default 0.01); ``"open-loop"`` or ``"open-loop:N"``: the model is
+    called every N steps (default: the whole chunk, ``chunk``) and the chunk's first N
+    actions run open loop; ``"newest"``: a new chunk at every step, its first action alone.
+
+    Args:
+        spec: The spec.
+        chunk: The checkpoint's ``action_chunk``, to check N against (None: not checked,
+            and a bare ``"open-loop"`` stands for N = 1).
+
+    Raises:
+        ConfigError: An unknown or malformed spec, or a setting :func:`check_action_chunking`
+            refuses for ``chunk``.
+    """
+    name, _, arg = str(spec).partition(":")
+    if name not in CHUNK_EXECUTIONS or (name == "newest" and arg):
+        raise ConfigError(
+            f"chunk execution must be ensemble[:COEFF], open-loop[:STEPS] or newest, got {spec!r}"
+        )
+    try:
+        if name == "ensemble":
+            steps, coeff = 1, float(arg) if arg else DEFAULT_ENSEMBLE_COEFF
+        elif name == "open-loop":
+            steps, coeff = (int(arg) if arg else (chunk or 1)), None
+        else:
+            steps, coeff = 1, None
+    except ValueError as e:
+        raise ConfigError(f"chunk execution {spec!r}: {e}") from e
+    check_action_chunking(chunk or MAX_ACTION_CHUNK, steps, coeff, "regression", "regression")
+    return steps, coeff
+
+
 class VLAConfig(PretrainedConfig):
     """Configuration of :class:`~robot_refusal.policies.modeling_vla.VLAForActionPrediction`.
 
@@ -147,6 +233,19 @@ class VLAConfig(PretrainedConfig):
             at once, each in [-1, 1] between the action tokenizer's 1st and 99th percentiles
             (read with ``action_decoding="regression"``). The refuse-or-act choice stays the
             language-model head's first token either way, and the token head is trained too.
+        action_chunk: Actions the regression head predicts per call, H >= 1: the current one
+            and the next H - 1 (ACT's action chunking, Zhao et al. 2023, section 3.1;
+            OpenVLA-OFT, Kim et al. 2025, section 3). H > 1 needs ``action_head="regression"``
+            and ``action_decoding="regression"``.
+        n_action_steps: How many actions of each chunk run before the model is called again,
+            in [1, ``action_chunk``] (LeRobot's ``n_action_steps``): 1 calls it at every step;
+            n > 1 runs the first n actions open loop.
+        temporal_ensemble_coeff: With ``n_action_steps`` 1 and ``action_chunk`` > 1, the
+            action run at step t is the weighted mean of every stored chunk's prediction for
+            t, weights ``exp(-coeff * i)`` with i = 0 the oldest chunk (ACT's temporal
+            ensembling, section 3.3; the paper uses 0.01); None: the newest chunk's first
+            action alone. Like ``action_decoding``, neither execution setting depends on the
+            weights.
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
 
     Raises:
@@ -155,7 +254,8 @@ class VLAConfig(PretrainedConfig):
             without a 16-float camera matrix; ``metric_upper_plane_height`` equal to
             ``metric_plane_height``; ``keypoint_window`` outside [0, 8]; an unknown
             ``action_decoding``; ``action_window`` outside [0, 255]; an unknown
-            ``action_head``, or ``action_decoding="regression"`` without that head.
+            ``action_head``, or ``action_decoding="regression"`` without that head; an
+            inconsistent chunk (:func:`check_action_chunking`).
     """
 
     model_type = "robot_refusal_vla"
@@ -186,6 +286,9 @@ class VLAConfig(PretrainedConfig):
         action_decoding: str = "argmax",
         action_window: int = 8,
         action_head: str = "tokens",
+        action_chunk: int = 1,
+        n_action_steps: int = 1,
+        temporal_ensemble_coeff: float | None = None,
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         **kwargs: Any,
@@ -244,6 +347,14 @@ class VLAConfig(PretrainedConfig):
             raise ConfigError(f"action_head must be one of {ACTION_HEADS}, got {action_head!r}")
         self.action_head = action_head
         check_decoding_for_head(action_decoding, action_head)
+        check_action_chunking(
+            action_chunk, n_action_steps, temporal_ensemble_coeff, action_head, action_decoding
+        )
+        self.action_chunk = int(action_chunk)
+        self.n_action_steps = int(n_action_steps)
+        self.temporal_ensemble_coeff = (
+            None if temporal_ensemble_coeff is None else float(temporal_ensemble_coeff)
+        )
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)

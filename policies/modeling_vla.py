@@ -334,9 +334,10 @@ class VLAOutput:
         keypoints: (B, K, 2) spatial-softmax keypoints of the vision encoder, (x, y) in [-1, 1].
         heatmap_logits: (B, K, h, w) the keypoints' heatmap logits (h = w = image side /
             ``config.keypoint_stride``).
-        action_values: (B, action_dim) the regression action head's output at the ACT
-            position, in [-1, 1] units between the action tokenizer's 1st and 99th
-            percentiles (``config.action_head="regression"``), else None.
+        action_values: (B, H, action_dim) the regression action head's chunk of H =
+            ``config.action_chunk`` actions at the ACT position, in [-1, 1] units between
+            the action tokenizer's 1st and 99th percentiles
+            (``config.action_head="regression"``), else None.
     """
 
     logits: Tensor
@@ -394,7 +395,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         self.action_regressor: nn.Module | None = None
         if config.action_head == "regression":  # OpenVLA-OFT's continuous head
             self.action_regressor = nn.Sequential(
-                nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.action_dim)
+                nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.action_chunk * config.action_dim)
             )
         self.post_init()
 
@@ -530,8 +531,16 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
         values = None
         if self.action_regressor is not None:
-            values = self.action_regressor(out.last_hidden_state[:, act_position])
+            values = self.regress_actions(out.last_hidden_state[:, act_position])
         return VLAOutput(logits, loss, out.hidden_states, out.cache, keypoints, heat, values)
+
+    def regress_actions(self, hidden: Tensor) -> Tensor:
+        """The regression head's action chunk (B, H, action_dim) in [-1, 1] units (H =
+        ``config.action_chunk``) from the ACT position's final hidden state (B, D)."""
+        assert self.action_regressor is not None
+        return self.action_regressor(hidden).reshape(
+            hidden.shape[0], self.config.action_chunk, self.config.action_dim
+        )
 
     def _decode(
         self, x: Tensor, mask: Tensor, use_cache: bool, output_hidden_states: bool = False
@@ -564,6 +573,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         ee_position: Tensor | None = None,
         decoding: str | None = None,
         keypoint_override: Tensor | None = None,
+        chunk: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Greedy constrained decoding with a KV cache.
 
@@ -578,18 +588,21 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         the argmax's mode read to a fraction of a bin, never a point between two modes.
         ``decoding="regression"`` (a model with ``config.action_head="regression"``) reads
         every action position at once from the regression head at the ACT position, as
-        fractional bin indices (OpenVLA-OFT's parallel decoding; no token is fed back).
+        fractional bin indices (OpenVLA-OFT's parallel decoding; no token is fed back), for
+        each of the ``config.action_chunk`` actions of its chunk.
 
         Args:
             pixel_values, input_ids, state, attention_mask, ee_position, keypoint_override:
                 See :meth:`embed_prefix`.
             decoding: One of :data:`ACTION_DECODINGS`; None: ``config.action_decoding``.
+            chunk: Return the whole chunk (B, H, action_dim): H = ``config.action_chunk``
+                for the regression, 1 for the token readings. False: its first action.
 
         Returns:
-            (tokens (B, action_dim): int64 token ids for ``"argmax"``, float32 fractional
-            ids (ACTION_TOKEN_OFFSET + expected bin) for the means and the regression;
-            ``<refuse>`` then padding for refusals, first-position log-probabilities (B, V)
-            in float32).
+            (tokens (B, action_dim), or (B, H, action_dim) with ``chunk``: int64 token ids
+            for ``"argmax"``, float32 fractional ids (ACTION_TOKEN_OFFSET + expected bin) for
+            the means and the regression; ``<refuse>`` then padding for refusals (every row
+            of a refused chunk), first-position log-probabilities (B, V) in float32).
 
         Raises:
             ConfigError: An unknown ``decoding``, or ``"regression"`` without that head.
@@ -630,13 +643,13 @@ class VLAForActionPrediction(VLAPreTrainedModel):
 
         tokens = [first_choice.argmax(-1)]
         if decoding == "regression":  # all positions at once from the ACT position
-            assert self.action_regressor is not None
-            unit = self.action_regressor(out.last_hidden_state[:, -1]).float()  # (B, D)
+            unit = self.regress_actions(out.last_hidden_state[:, -1]).float()  # (B, H, D)
             bins = ((unit + 1) / 2 * cfg.n_bins - 0.5).clamp(0, cfg.n_bins - 1)
-            act = (tokens[0] != REFUSE_ID)[:, None]
+            act = (tokens[0] != REFUSE_ID)[:, None, None]
             refuse_row = torch.zeros_like(bins)
-            refuse_row[:, 0] = REFUSE_ID
-            return torch.where(act, lo + bins, refuse_row), logprobs
+            refuse_row[..., 0] = REFUSE_ID
+            ids = torch.where(act, lo + bins, refuse_row)
+            return (ids if chunk else ids[:, 0]), logprobs
         values = [tokens[0].float()]
         if decoding != "argmax":
             act = tokens[0] != REFUSE_ID
@@ -664,4 +677,4 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         result = torch.stack(tokens if decoding == "argmax" else values, dim=1)  # (B, D)
         refused = result[:, 0] == REFUSE_ID
         result[refused, 1:] = 0
-        return result, logprobs
+        return (result[:, None] if chunk else result), logprobs

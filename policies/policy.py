@@ -7,6 +7,7 @@ A checkpoint folder holds ``config.json``, ``model.safetensors`` (written by ``t
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from robot_refusal.errors import CheckpointError
+from robot_refusal.errors import CheckpointError, ConfigError
 from robot_refusal.policies.configuration_vla import (
     REFUSE_ID,
     VLAConfig,
     check_action_decoding,
     check_decoding_for_head,
     check_keypoint_window,
+    parse_chunk_execution,
 )
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
 from robot_refusal.policies.processing_vla import VLAProcessor
@@ -66,6 +68,34 @@ def resolve_checkpoint(name: str | Path) -> Path:
     return path
 
 
+def set_chunk_execution(config: VLAConfig, spec: str) -> None:
+    """Write chunk execution ``spec`` (:func:`parse_chunk_execution`) into ``config``'s
+    ``n_action_steps`` and ``temporal_ensemble_coeff``.
+
+    Raises:
+        ConfigError: A bad spec, or a config with ``action_chunk`` 1.
+    """
+    if config.action_chunk == 1:
+        raise ConfigError(
+            f"chunk execution {spec!r} needs a checkpoint trained with action chunks "
+            "(train --action-chunk H); this one predicts one action per call"
+        )
+    steps, coeff = parse_chunk_execution(spec, config.action_chunk)
+    config.n_action_steps, config.temporal_ensemble_coeff = steps, coeff
+
+
+def describe_chunk_execution(config: VLAConfig) -> str | None:
+    """The spec of ``config``'s chunk execution (``"ensemble:0.01"``, ``"open-loop:8"``,
+    ``"newest"``), None for ``action_chunk`` 1."""
+    if config.action_chunk == 1:
+        return None
+    if config.n_action_steps > 1:
+        return f"open-loop:{config.n_action_steps}"
+    if config.temporal_ensemble_coeff is not None:
+        return f"ensemble:{config.temporal_ensemble_coeff:g}"
+    return "newest"
+
+
 class VLAPolicy:
     """A trained VLA with its processor.
 
@@ -81,9 +111,16 @@ class VLAPolicy:
             model's config, so that :meth:`save_pretrained` records it and every wrapper of
             the same model reads its tokens the same way.
 
+        chunk_execution: How a chunked checkpoint (``VLAConfig.action_chunk`` > 1) runs its
+            chunks, written into the model's config like ``action_decoding``:
+            ``"ensemble[:COEFF]"``, ``"open-loop[:STEPS]"`` or ``"newest"``
+            (:func:`~robot_refusal.policies.configuration_vla.parse_chunk_execution`); None
+            keeps the checkpoint's.
+
     Raises:
         ConfigError: An unknown ``action_decoding``, or ``"regression"`` for a model
-            without that head.
+            without that head; a bad ``chunk_execution``, or one for a model without
+            chunks.
     """
 
     def __init__(
@@ -91,20 +128,31 @@ class VLAPolicy:
         model: VLAForActionPrediction,
         processor: VLAProcessor,
         action_decoding: str | None = None,
+        chunk_execution: str | None = None,
     ) -> None:
         if action_decoding is not None:
             check_action_decoding(action_decoding)
             check_decoding_for_head(action_decoding, model.config.action_head)
             model.config.action_decoding = action_decoding
+        if chunk_execution is not None:
+            set_chunk_execution(model.config, chunk_execution)
         self.model = model.eval()
         self.processor = processor
         self.refusal_score: float | None = None
+        self._chunks: deque[np.ndarray] = deque()  # recent chunks (H, D), the newest last
+        self._queue: deque[np.ndarray] = deque()  # open-loop actions (D,) still to run
 
     @property
     def action_decoding(self) -> str:
         """How this policy reads its action tokens: ``"argmax"``, ``"mean"`` or
         ``"local_mean"``."""
         return str(self.model.config.action_decoding)
+
+    @property
+    def chunk_execution(self) -> str | None:
+        """How this policy runs its action chunks (``"ensemble:COEFF"``,
+        ``"open-loop:STEPS"``, ``"newest"``), None for a model without chunks."""
+        return describe_chunk_execution(self.model.config)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -117,6 +165,7 @@ class VLAPolicy:
         folder: str | Path,
         keypoint_window: int | None = None,
         action_decoding: str | None = None,
+        chunk_execution: str | None = None,
     ) -> VLAPolicy:
         """Load a checkpoint folder (safetensors only, no remote code).
 
@@ -129,12 +178,15 @@ class VLAPolicy:
             action_decoding: Override of the checkpoint's ``VLAConfig.action_decoding``
                 (``"argmax"``, ``"mean"``, ``"local_mean"``; see :class:`VLAPolicy`); None keeps the
                 checkpoint's. Saving the policy records the override.
+            chunk_execution: Override of how a chunked checkpoint runs its chunks (see
+                :class:`VLAPolicy`); None keeps the checkpoint's.
 
         Raises:
             CheckpointError: Missing folder, missing ``config.json`` or weights, or a corrupt
                 or truncated weights file (the message names the file).
             ConfigError: ``keypoint_window`` outside [0, 8], or an unknown
-                ``action_decoding`` (or ``"regression"`` for a checkpoint without that head).
+                ``action_decoding`` (or ``"regression"`` for a checkpoint without that head);
+                a bad ``chunk_execution``, or one for a checkpoint without chunks.
         """
         if action_decoding is not None:
             check_action_decoding(action_decoding)
@@ -153,6 +205,8 @@ class VLAPolicy:
         if action_decoding is not None:
             check_decoding_for_head(action_decoding, config.action_head)
             config.action_decoding = action_decoding
+        if chunk_execution is not None:
+            set_chunk_execution(config, chunk_execution)
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a 60-tensor checkpoint loads in milliseconds
         try:
@@ -192,18 +246,67 @@ class VLAPolicy:
 
     # -- LeRobot-style API ----------------------------------------------------------------------
     def reset(self) -> None:
-        """Start an episode (the policy has no memory between steps)."""
+        """Start an episode: forget the stored action chunks (a policy with
+        ``action_chunk`` 1 has no memory between steps)."""
         self.refusal_score = None
+        self._chunks.clear()
+        self._queue.clear()
 
     def select_action(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """One env action for one observation; sets :attr:`refusal_score`.
 
+        A checkpoint with ``action_chunk`` H > 1 runs its chunks as its config says
+        (:class:`~robot_refusal.policies.configuration_vla.VLAConfig`): with
+        ``n_action_steps`` n > 1 the model is called every n steps and the chunk's first n
+        actions run open loop (:attr:`refusal_score` is then the last call's); with
+        ``temporal_ensemble_coeff`` the action is ACT's weighted mean of the last H chunks'
+        predictions for this step (Zhao et al. 2023, section 3.3). A refusal drops the
+        stored chunks. :meth:`reset` starts each episode.
+
         Raises:
             InvalidObservationError: For a bad image, state or instruction.
         """
-        action, score = self.select_actions([obs])
-        self.refusal_score = float(score[0])
-        return action[0]
+        return self._select_one(obs, None)
+
+    def _select_one(
+        self, obs: Mapping[str, Any], keypoint_override: np.ndarray | None
+    ) -> dict[str, Any]:
+        """:meth:`select_action` with an optional (1, K', 2) keypoint override."""
+        if self._queue:  # the rest of an open-loop chunk
+            return self.processor.decode_actions(self._queue.popleft()[None], [obs])[0]
+        inputs = self.processor([obs])
+        if keypoint_override is not None:
+            inputs["keypoint_override"] = torch.as_tensor(np.asarray(keypoint_override, np.float32))
+        ids, logprobs = self.model.predict_action_tokens(
+            **inputs, decoding=self.action_decoding, chunk=True
+        )
+        self.refusal_score = float(refusal_score(logprobs)[0])
+        chunk = ids[0].cpu().numpy()  # (H, D) token ids, fractional for the regression head
+        cfg = self.model.config
+        if chunk[0, 0] == REFUSE_ID:
+            self._chunks.clear()
+            row = chunk[0]
+        elif cfg.n_action_steps > 1:
+            self._queue.extend(chunk[1 : cfg.n_action_steps])
+            row = chunk[0]
+        elif cfg.temporal_ensemble_coeff is not None and len(chunk) > 1:
+            row = self._ensemble(chunk, cfg.temporal_ensemble_coeff)
+        else:
+            row = chunk[0]
+        return self.processor.decode_actions(row[None], [obs])[0]
+
+    def _ensemble(self, chunk: np.ndarray, coeff: float) -> np.ndarray:
+        """ACT's temporal ensemble: store ``chunk`` (H, D), predicted at this step, and return
+        the weighted mean (D,) of every stored chunk's row for this step (row a of the chunk
+        predicted a steps ago), weights ``exp(-coeff * i)``, i = 0 for the oldest."""
+        horizon = len(chunk)
+        self._chunks.append(chunk)
+        while len(self._chunks) > horizon:
+            self._chunks.popleft()
+        n = len(self._chunks)
+        rows = np.stack([c[n - 1 - j] for j, c in enumerate(self._chunks)])  # oldest first
+        weights = np.exp(-coeff * np.arange(n))
+        return np.asarray((weights[:, None] * rows).sum(0) / weights.sum(), np.float32)
 
     @torch.no_grad()
     def select_actions(
@@ -212,6 +315,9 @@ class VLAPolicy:
         keypoint_override: np.ndarray | None = None,
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
         """Env actions and refusal scores (B,) float64 for a batch of observations.
+
+        Stateless: each row is the first action of its new chunk (no open-loop queue, no
+        temporal ensemble; those are :meth:`select_action`'s, for one episode).
 
         Args:
             observations: B env observations (image, state, instruction).

@@ -59,6 +59,4 @@ class ExactKeypointPolicy(VLAPolicy):
         """
         keypoints_uv = self.env.unwrapped.keypoints_uv  # type: ignore[attr-defined]
         exact = np.asarray(keypoints_uv(), np.float32)  # (4, 2)
-        action, score = self.select_actions([obs], keypoint_override=exact[None])
-        self.refusal_score = float(score[0])
-        return action[0]
+        return self._select_one(obs, exact[None])

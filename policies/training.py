@@ -32,8 +32,10 @@ from robot_refusal.policies.action_tokenizer import ActionTokenizer
 from robot_refusal.policies.configuration_vla import (
     ACTION_HEADS,
     ACTION_TOKEN_OFFSET,
+    DEFAULT_ENSEMBLE_COEFF,
     REFUSE_ID,
     VLAConfig,
+    check_action_chunking,
     check_keypoint_window,
     check_upper_plane_height,
 )
@@ -63,6 +65,8 @@ STATE_FILE = "trainer_state.pt"
 
 
 MISS_FRAMES = ("skip", "keypoints")
+TARGET_KEYS = ("keypoint_labels", "action_values", "action_mask")
+"""Keys of :class:`Batcher`'s batches that are targets, not ``forward`` inputs."""
 """What training does with the frames of a deliberate miss (``TrainConfig.miss_frames``)."""
 
 
@@ -147,6 +151,11 @@ class TrainConfig:
             checkpoint reads its actions from it (``action_decoding="regression"``). With
             ``init_from`` the checkpoint's own head is kept.
         regression_weight: Weight of that L1 loss.
+        action_chunk: Actions the regression head predicts per call, H (ACT's action
+            chunking, Zhao et al. 2023, section 3.1): frame i is trained on the actions of
+            frames i .. i + H - 1. H > 1 needs the regression head; the checkpoint then runs
+            with ACT's temporal ensembling (``temporal_ensemble_coeff`` 0.01, a new chunk at
+            every step; :class:`~robot_refusal.policies.policy.VLAPolicy`).
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -182,6 +191,7 @@ class TrainConfig:
     state_velocity: bool = False
     action_head: str = "tokens"
     regression_weight: float = 1.0
+    action_chunk: int = 1
     eval_every: int = 500
     threads: int = 2
 
@@ -234,6 +244,12 @@ class TrainConfig:
             raise ConfigError(f"regression_weight must be >= 0, got {self.regression_weight}")
         if self.state_velocity and self.action_space != "delta":
             raise ConfigError("state_velocity needs the delta action space")
+        if self.action_chunk != 1 and self.action_head != "regression":
+            raise ConfigError(
+                f"action_chunk {self.action_chunk} needs action_head 'regression': the token "
+                "head gives one action per call"
+            )
+        check_action_chunking(self.action_chunk, 1, None, "regression", "regression")
 
 
 @dataclass
@@ -460,9 +476,17 @@ def build_processor(
 
 
 class Batcher:
-    """Turns frame indices into model inputs and labels (instruction ids cached per task)."""
+    """Turns frame indices into model inputs and labels (instruction ids cached per task).
 
-    def __init__(self, data: Tensors, processor: VLAProcessor) -> None:
+    Args:
+        data: The frames.
+        processor: Tokenizer, action bins and normalisation.
+        chunk: Actions per regression target, H (``VLAConfig.action_chunk``): frame i's
+            targets are the actions of frames i .. i + H - 1 of its episode
+            (:func:`chunk_targets`).
+    """
+
+    def __init__(self, data: Tensors, processor: VLAProcessor, chunk: int = 1) -> None:
         self.data, self.processor = data, processor
         keys = sorted(data.texts)
         ids, mask = processor.encode_instructions([data.texts[k] for k in keys])
@@ -476,13 +500,18 @@ class Batcher:
         acts = processor.actions
         low, high = np.asarray(acts.low), np.asarray(acts.high)
         unit = np.clip((np.nan_to_num(targets) - low) / (high - low), 0.0, 1.0)
-        self.action_values = torch.from_numpy((2 * unit - 1).astype(np.float32))  # (N, D)
+        values = (2 * unit - 1).astype(np.float32)  # (N, D)
+        acting = ~data.refuse & data.labelled
+        values, mask = chunk_targets(values, data.episode, acting, chunk)
+        self.action_values = torch.from_numpy(values)  # (N, H, D)
+        self.action_mask = torch.from_numpy(mask)  # (N, H)
 
     def __call__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Inputs and labels (B, D) of frames ``idx`` (teacher forcing: D - 1 fed tokens),
-        plus two targets the model's ``forward`` does not take: ``action_values`` (B, D), the
-        actions in [-1, 1] units between the tokenizer's percentiles (a regression head's
-        targets), and, when the data has them, ``keypoint_labels`` (B, P, 2)."""
+        plus targets the model's ``forward`` does not take: ``action_values`` (B, H, D), the
+        chunk of actions in [-1, 1] units between the tokenizer's percentiles (a regression
+        head's targets), ``action_mask`` (B, H), True where that target exists, and, when the
+        data has them, ``keypoint_labels`` (B, P, 2)."""
         d, p = self.data, self.processor
         labels = self.labels[idx]
         fed = labels[:, :-1].clamp(min=0)  # ignored positions get a harmless id
@@ -495,10 +524,42 @@ class Batcher:
             "action_input_ids": fed,
             "labels": labels,
             "action_values": self.action_values[idx],
+            "action_mask": self.action_mask[idx],
         }
         if d.keypoints is not None:
             batch["keypoint_labels"] = torch.from_numpy(d.keypoints[idx])
         return batch
+
+
+def chunk_targets(
+    values: np.ndarray, episode: np.ndarray, acting: np.ndarray, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame action chunks for a regression head (ACT's training targets, Zhao et al.
+    2023, section 3.1).
+
+    Args:
+        values: (N, D) each frame's action, frames of an episode contiguous and in order.
+        episode: (N,) episode index of each frame.
+        acting: (N,) True where the frame's action is a label (not a refusal, not a
+            deliberate miss).
+        chunk: H >= 1.
+
+    Returns:
+        (targets (N, H, D) float32: row k of frame i is frame i + k's action, zero where
+        there is none; mask (N, H) bool: True where frame i + k is in frame i's episode and
+        acting). Past an episode's end there is no target (ACT pads and masks the same way).
+    """
+    n, d = values.shape
+    targets = np.zeros((n, chunk, d), np.float32)
+    mask = np.zeros((n, chunk), bool)
+    for k in range(chunk):
+        if k >= n:
+            break
+        same = episode[k:] == episode[: n - k]  # (N - k,) frame i + k in frame i's episode
+        ok = same & acting[k:]
+        targets[: n - k, k] = np.where(ok[:, None], values[k:], 0.0)
+        mask[: n - k, k] = ok
+    return targets, mask
 
 
 def soft_action_targets(
@@ -604,7 +665,7 @@ def training_loss(
         (total loss, one-hot action-token cross-entropy, keypoint mean squared error or None
         when the batch has no keypoint labels).
     """
-    inputs = {k: v for k, v in batch.items() if k not in ("keypoint_labels", "action_values")}
+    inputs = {k: v for k, v in batch.items() if k not in TARGET_KEYS}
     target_kp = batch.get("keypoint_labels")
     if model.config.metric_keypoints and target_kp is not None and metric_label_noise_px >= 0:
         # Teacher forcing of the metric token: the labels, jittered by a pixel or so, so that
@@ -646,15 +707,19 @@ def training_loss(
 def regression_l1(
     values: torch.Tensor | None, batch: dict[str, torch.Tensor], labels: torch.Tensor
 ) -> torch.Tensor | None:
-    """Mean L1 error of a regression action head's ``values`` (B, D) against
-    ``batch["action_values"]`` (B, D), both in [-1, 1] units, over the frames whose first
-    label (``labels`` (B, D)) is an action token; None without a head or such frames."""
+    """Mean L1 error of a regression action head's chunk ``values`` (B, H, D) against
+    ``batch["action_values"]`` (B, H, D), both in [-1, 1] units, over the chunk rows
+    ``batch["action_mask"]`` (B, H) marks (all when absent) of the frames whose first label
+    (``labels`` (B, D)) is an action token (OpenVLA-OFT's L1 loss, Kim et al. 2025, section
+    3); None without a head or such frames."""
     if values is None:
         return None
     acting = labels[:, 0] >= ACTION_TOKEN_OFFSET  # not <refuse>, not ignored (-100)
-    if not acting.any():
+    mask = batch.get("action_mask")
+    rows = acting[:, None] if mask is None else acting[:, None] & mask  # (B, H)
+    if not rows.any():
         return None
-    return (values[acting] - batch["action_values"][acting]).abs().mean()
+    return (values - batch["action_values"]).abs()[rows].mean()
 
 
 @torch.no_grad()
@@ -676,12 +741,14 @@ def evaluate_loss(
         idx = np.arange(start, min(start + batch_size, n))
         batch = batcher(idx)
         kp_labels = batch.pop("keypoint_labels", None)
-        targets = batch.pop("action_values")
+        targets = {"action_values": batch.pop("action_values")}
+        targets["action_mask"] = batch.pop("action_mask")
         out = model(**batch)
-        l1 = regression_l1(out.action_values, {"action_values": targets}, batch["labels"])
+        l1 = regression_l1(out.action_values, targets, batch["labels"])
         if l1 is not None:
-            acting = int((batch["labels"][:, 0] >= ACTION_TOKEN_OFFSET).sum())
-            l1_sum, l1_n = l1_sum + float(l1) * acting, l1_n + acting
+            acting = batch["labels"][:, 0] >= ACTION_TOKEN_OFFSET
+            rows = int((acting[:, None] & targets["action_mask"]).sum())
+            l1_sum, l1_n = l1_sum + float(l1) * rows, l1_n + rows
         if kp_labels is not None and out.keypoints is not None:
             kp = out.keypoints[:, : kp_labels.shape[1]]
             kp_err.append(float(((kp - kp_labels) ** 2).mean()) * len(idx))
@@ -754,7 +821,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     val = load_tensors(load_dataset(config.val_data)) if config.val_data else None
     data, val = _split(data, val)
     model, processor = _model(config, ds, data, last if resume else None, init)
-    train_b, val_b = Batcher(data, processor), Batcher(val, processor)
+    chunk = model.config.action_chunk
+    train_b, val_b = Batcher(data, processor, chunk), Batcher(val, processor, chunk)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, config.warmup_steps, config.steps)
     gen = np.random.default_rng(config.seed)
@@ -859,6 +927,8 @@ def _model(
             keypoint_window=config.keypoint_window,
             action_head=config.action_head,
             action_decoding="regression" if config.action_head == "regression" else "argmax",
+            action_chunk=config.action_chunk,
+            temporal_ensemble_coeff=DEFAULT_ENSEMBLE_COEFF if config.action_chunk > 1 else None,
             camera_unprojection=scene_camera(processor.image_size)
             if config.metric_keypoints
             else None,

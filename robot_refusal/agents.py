@@ -46,27 +46,32 @@ def check_agent(
     keypoint_window: int | None = None,
     action_decoding: str | None = None,
     exact_keypoints: bool = False,
+    chunk_execution: str | None = None,
 ) -> str:
     """Return ``name`` if it is a scripted agent or a policy checkpoint (loaded, with the
-    ``keypoint_window`` and ``action_decoding`` overrides when given, to check them).
+    ``keypoint_window``, ``action_decoding`` and ``chunk_execution`` overrides when given,
+    to check them).
 
     Raises:
         UnknownNameError: Neither an agent nor a folder; lists the agents.
         CheckpointError: A checkpoint folder that cannot be loaded.
-        ConfigError: ``keypoint_window``, ``action_decoding`` or ``exact_keypoints`` for a
-            scripted agent, or out of range / unknown; ``exact_keypoints`` for a checkpoint
-            with fewer than four keypoints.
+        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints`` or
+            ``chunk_execution`` for a scripted agent, or out of range / unknown;
+            ``exact_keypoints`` for a checkpoint with fewer than four keypoints;
+            ``chunk_execution`` for a checkpoint without action chunks.
     """
     if name in AGENTS:
-        if keypoint_window is not None:
-            raise ConfigError(f"keypoint_window applies to policy checkpoints, not to {name!r}")
-        if action_decoding is not None:
-            raise ConfigError(f"action_decoding applies to policy checkpoints, not to {name!r}")
-        if exact_keypoints:
-            raise ConfigError(f"exact_keypoints applies to policy checkpoints, not to {name!r}")
+        for setting, value in (
+            ("keypoint_window", keypoint_window),
+            ("action_decoding", action_decoding),
+            ("exact_keypoints", exact_keypoints or None),
+            ("chunk_execution", chunk_execution),
+        ):
+            if value is not None:
+                raise ConfigError(f"{setting} applies to policy checkpoints, not to {name!r}")
         return name
     if is_checkpoint(name):
-        policy = load_policy(name, keypoint_window, action_decoding)
+        policy = load_policy(name, keypoint_window, action_decoding, chunk_execution)
         if exact_keypoints:
             from robot_refusal.policies.privileged import check_exact_keypoints
 
@@ -77,16 +82,23 @@ def check_agent(
 
 @functools.cache
 def load_policy(
-    name: str, keypoint_window: int | None = None, action_decoding: str | None = None
+    name: str,
+    keypoint_window: int | None = None,
+    action_decoding: str | None = None,
+    chunk_execution: str | None = None,
 ) -> Any:
     """The :class:`~robot_refusal.policies.policy.VLAPolicy` of a checkpoint (cached), with
     its ``VLAConfig.keypoint_window`` overridden unless ``keypoint_window`` is None, reading
     its action tokens by ``action_decoding`` (None: the checkpoint's
-    ``VLAConfig.action_decoding``)."""
+    ``VLAConfig.action_decoding``) and running its chunks by ``chunk_execution`` (None: the
+    checkpoint's)."""
     from robot_refusal.policies.policy import VLAPolicy
 
     return VLAPolicy.from_pretrained(
-        name, keypoint_window=keypoint_window, action_decoding=action_decoding
+        name,
+        keypoint_window=keypoint_window,
+        action_decoding=action_decoding,
+        chunk_execution=chunk_execution,
     )
 
 
@@ -106,6 +118,7 @@ def make_agent(
     keypoint_window: int | None = None,
     action_decoding: str | None = None,
     exact_keypoints: bool = False,
+    chunk_execution: str | None = None,
 ) -> Agent:
     """Build agent ``name`` for ``env`` (a fresh policy wrapper per env for checkpoints).
 
@@ -118,18 +131,20 @@ def make_agent(
             :class:`~robot_refusal.policies.policy.VLAPolicy`); None keeps the checkpoint's.
         exact_keypoints: For a checkpoint, feed it the simulator's exact keypoints (a
             privileged diagnostic, :class:`~robot_refusal.policies.privileged.ExactKeypointPolicy`).
+        chunk_execution: For a chunked checkpoint, how it runs its chunks (see
+            :class:`~robot_refusal.policies.policy.VLAPolicy`); None keeps the checkpoint's.
 
     Raises:
         UnknownNameError: Listing the known agents.
-        ConfigError: ``keypoint_window``, ``action_decoding`` or ``exact_keypoints`` for a
-            scripted agent, or out of range / unknown.
+        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints`` or
+            ``chunk_execution`` for a scripted agent, or out of range / unknown.
     """
-    check_agent(name, keypoint_window, action_decoding, exact_keypoints)
+    check_agent(name, keypoint_window, action_decoding, exact_keypoints, chunk_execution)
     if name in AGENTS:
         return AGENTS[name](env)
     from robot_refusal.policies.policy import VLAPolicy
 
-    shared = load_policy(name, keypoint_window, action_decoding)
+    shared = load_policy(name, keypoint_window, action_decoding, chunk_execution)
     if exact_keypoints:
         from robot_refusal.policies.privileged import ExactKeypointPolicy
 

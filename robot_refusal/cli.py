@@ -98,6 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         action_decoding=args.action_decoding,
         exact_keypoints=args.exact_keypoints,
+        chunk_execution=args.chunk_execution,
         **_run_kwargs(args),
     )
     print(format_summary(summary))
@@ -165,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         state_velocity=args.state_velocity,
         action_head=args.action_head,
         regression_weight=args.regression_weight,
+        action_chunk=args.action_chunk,
         eval_every=args.eval_every,
         threads=args.threads,
     )
@@ -359,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoints only, a diagnostic: replace the first four predicted keypoints "
         "(target, destination, hand, gripper) by the simulator's exact ones at every step, "
         "to measure what perception costs (privileged: never a deployable policy)",
+    )
+    p.add_argument(
+        "--chunk-execution",
+        default=None,
+        metavar="SPEC",
+        help="checkpoints trained with action chunks only: ensemble[:COEFF] (a new chunk "
+        "every step, ACT's temporal ensemble; COEFF default 0.01), open-loop[:STEPS] (call "
+        "the model every STEPS steps and run the chunk's actions in between; default the "
+        "whole chunk) or newest (a new chunk every step, its first action); default: the "
+        "checkpoint's own",
     )
     p.add_argument(
         "--workers",
@@ -581,6 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="weight of the regression head's L1 loss (default 1)",
+    )
+    p.add_argument(
+        "--action-chunk",
+        type=_positive,
+        default=1,
+        help="actions the regression head predicts per call (ACT's action chunking; default "
+        "1); a chunked checkpoint runs them with ACT's temporal ensembling",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

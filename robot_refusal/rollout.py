@@ -187,6 +187,7 @@ class EvalRunner:
         keypoint_window: A checkpoint's keypoint readout override (None: its own).
         action_decoding: A checkpoint's action-token reading (None: its own).
         exact_keypoints: Feed a checkpoint the simulator's exact keypoints (a diagnostic).
+        chunk_execution: How a chunked checkpoint runs its chunks (None: its own).
 
     Raises:
         UnknownNameError, ConfigError, CheckpointError: From the env and agent factories.
@@ -200,6 +201,7 @@ class EvalRunner:
         keypoint_window: int | None = None,
         action_decoding: str | None = None,
         exact_keypoints: bool = False,
+        chunk_execution: str | None = None,
     ) -> None:
         self.envs: dict[str, RobotRefusalEnv] = {}
         self.agents: dict[str, Agent] = {}
@@ -209,7 +211,12 @@ class EvalRunner:
                     f, split=split, image_obs=needs_images(policy), image_size=image_size(policy)
                 )
                 self.agents[f] = make_agent(
-                    policy, self.envs[f], keypoint_window, action_decoding, exact_keypoints
+                    policy,
+                    self.envs[f],
+                    keypoint_window,
+                    action_decoding,
+                    exact_keypoints,
+                    chunk_execution,
                 )
         except BaseException:
             self.close()
@@ -239,6 +246,7 @@ def evaluate(
     workers: int = 1,
     action_decoding: str | None = None,
     exact_keypoints: bool = False,
+    chunk_execution: str | None = None,
 ) -> dict[str, Any]:
     """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
 
@@ -270,19 +278,24 @@ def evaluate(
             simulator's at every step (privileged; what perception costs, see
             :mod:`robot_refusal.policies.privileged`); recorded in ``config.json`` and the
             summary when True.
+        chunk_execution: For a chunked checkpoint, how it runs its action chunks
+            (``"ensemble[:COEFF]"``, ``"open-loop[:STEPS]"``, ``"newest"``; see
+            :class:`~robot_refusal.policies.policy.VLAPolicy`), recorded in ``config.json``;
+            None keeps the checkpoint's. The summary records the execution it ran with.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).
 
     Raises:
         UnknownNameError: Unknown policy, split or family.
-        ConfigError: ``keypoint_window``, ``action_decoding`` or ``exact_keypoints`` for a
-            scripted agent, or out of range / unknown; ``workers`` < 1.
+        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints`` or
+            ``chunk_execution`` for a scripted agent, or out of range / unknown; ``workers``
+            < 1.
         RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
         WorkerError: A worker process failed or died (the finished episodes stay saved).
     """
     # before the run folder is touched
-    check_agent(policy, keypoint_window, action_decoding, exact_keypoints)
+    check_agent(policy, keypoint_window, action_decoding, exact_keypoints, chunk_execution)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if split not in SPLITS:
@@ -303,6 +316,8 @@ def evaluate(
         config["action_decoding"] = action_decoding
     if exact_keypoints:
         config["exact_keypoints"] = True
+    if chunk_execution is not None:
+        config["chunk_execution"] = chunk_execution
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]
@@ -313,12 +328,14 @@ def evaluate(
         "keypoint_window": keypoint_window,
         "action_decoding": action_decoding,
         "exact_keypoints": exact_keypoints,
+        "chunk_execution": chunk_execution,
     }
-    decoding: dict[str, str] = {}  # a checkpoint's action-token reading, its own or the override
+    decoding: dict[str, str] = {}  # a checkpoint's action reading, its own or the override
     if policy not in AGENTS:
-        decoding["action_decoding"] = load_policy(
-            policy, keypoint_window, action_decoding
-        ).action_decoding
+        loaded = load_policy(policy, keypoint_window, action_decoding, chunk_execution)
+        decoding["action_decoding"] = loaded.action_decoding
+        if loaded.chunk_execution is not None:
+            decoding["chunk_execution"] = loaded.chunk_execution
     start = time.perf_counter()
     with tqdm(
         desc=f"eval {policy}",

@@ -260,3 +260,43 @@ def test_eval_exact_keypoints_is_recorded_and_refused_for_scripted_agents(
     expert = ["eval", "--policy", "expert", "--episodes", "1", "--out", str(tmp_path / "e")]
     assert main([*expert, "--exact-keypoints", "--quiet"]) == 2
     assert "exact_keypoints applies to policy checkpoints" in capsys.readouterr().err
+
+
+def test_eval_chunk_execution_is_recorded_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``eval --chunk-execution open-loop:2`` runs a chunked checkpoint open loop, recorded
+    in config.json and summary.json (a resume without it is refused); without the override
+    the summary names the checkpoint's own execution; a checkpoint without chunks, a
+    scripted agent and a malformed spec are refused before the run."""
+    from tests.policies.test_vla import tiny_policy
+
+    chunked = tmp_path / "chunked"
+    tiny_policy(
+        action_head="regression",
+        action_decoding="regression",
+        action_chunk=4,
+        temporal_ensemble_coeff=0.01,
+    ).save_pretrained(chunked)
+    out = tmp_path / "run"
+    argv = ["eval", "--policy", str(chunked), "--episodes", "1", "--families", "context"]
+    argv += ["--out", str(out), "--quiet", "--workers", "1"]
+    assert main([*argv, "--chunk-execution", "open-loop:2"]) == 0
+    assert json.loads((out / "config.json").read_text())["chunk_execution"] == "open-loop:2"
+    assert json.loads((out / "summary.json").read_text())["chunk_execution"] == "open-loop:2"
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "chunk_execution" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    assert json.loads((out / "summary.json").read_text())["chunk_execution"] == "ensemble:0.01"
+    for policy, spec, message in (
+        ("vla-small", "ensemble", "needs a checkpoint trained with action chunks"),
+        ("expert", "ensemble", "applies to policy checkpoints"),
+        (str(chunked), "open-loop:5", "n_action_steps must be an int in [1, action_chunk=4]"),
+        (str(chunked), "sometimes", "chunk execution must be"),
+        (str(chunked), "ensemble:x", "chunk execution 'ensemble:x'"),
+    ):
+        bad = ["eval", "--policy", policy, "--episodes", "1", "--out", str(tmp_path / "bad")]
+        assert main([*bad, "--chunk-execution", spec, "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

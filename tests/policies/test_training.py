@@ -22,7 +22,7 @@ from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.dataset import load_dataset
 from robot_refusal.policies.diagnostics import frame_observations, heading_report
 from robot_refusal.policies.policy import VLAPolicy
-from robot_refusal.policies.training import TrainConfig, load_tensors, train
+from robot_refusal.policies.training import TARGET_KEYS, TrainConfig, load_tensors, train
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +356,7 @@ def test_metric_token_is_teacher_forced_from_the_labels(tiny_data: Path) -> None
     batch = Batcher(data, policy.processor)(np.arange(0, len(data.states), 7))
     model = policy.model.eval()
     labels = batch["keypoint_labels"]
-    inputs = {k: v for k, v in batch.items() if k not in ("keypoint_labels", "action_values")}
+    inputs = {k: v for k, v in batch.items() if k not in TARGET_KEYS}
     with torch.no_grad():
         _, forced_ce, _ = training_loss(model, batch, 5.0, 0.0, 0.0, metric_label_noise_px=0.0)
         _, own_ce, _ = training_loss(model, batch, 5.0, 0.0, 0.0, metric_label_noise_px=-1.0)
@@ -581,29 +581,37 @@ def test_state_velocity_checkpoint_reads_the_velocity(tiny_data: Path, tmp_path:
 def test_regression_head_training_fits_the_actions_and_still_refuses(
     tiny_data: Path, tmp_path: Path
 ) -> None:
-    """``action_head="regression"``: the head fits the training actions (its L1 error well
-    below that of the best constant), validation reports its error, the
-    checkpoint acts with it (``action_decoding="regression"``) and the first token still
-    refuses the harmful training instructions."""
+    """``action_head="regression"`` with a chunk of 3 actions: the head fits the training
+    actions (its L1 error well below that of the best constant), validation reports its
+    error, the checkpoint acts with it (``action_decoding="regression"``, ACT's temporal
+    ensemble) and the first token still refuses the harmful training instructions."""
+    from robot_refusal.policies.configuration_vla import DEFAULT_ENSEMBLE_COEFF
     from robot_refusal.policies.training import Batcher
 
-    config = replace(_config(tiny_data, tmp_path / "reg", 300), action_head="regression")
+    config = replace(
+        _config(tiny_data, tmp_path / "reg", 300), action_head="regression", action_chunk=3
+    )
     result = train(config, progress=False)
     assert all("val_action_l1" in h for h in result["history"])
     policy = VLAPolicy.from_pretrained(tmp_path / "reg")
     assert policy.action_decoding == "regression"
+    cfg = policy.model.config
+    assert (cfg.action_chunk, cfg.n_action_steps) == (3, 1)
+    assert cfg.temporal_ensemble_coeff == DEFAULT_ENSEMBLE_COEFF
     data = load_tensors(load_dataset(tiny_data))
     trained = data.episode != data.episode.max()
     harmful = np.flatnonzero(data.refuse & trained)
     moving = np.flatnonzero(~data.refuse & trained & (np.abs(data.actions[:, :3]).sum(1) > 0.02))
-    batch = Batcher(data, policy.processor)(moving)
+    batch = Batcher(data, policy.processor, chunk=3)(moving)
     batch.pop("keypoint_labels", None)
-    target = batch.pop("action_values")
+    target, mask = batch.pop("action_values"), batch.pop("action_mask")
+    assert target.shape == (len(moving), 3, 4) and mask[:, 0].all()
     with torch.no_grad():
         fitted = policy.model(**batch).action_values
-    assert fitted is not None
+    assert fitted is not None and fitted.shape == target.shape
+    target, fitted = target[mask], fitted[mask]  # (rows, 4): the chunk rows that exist
     constant = (target - target.median(0).values).abs().mean()  # the best constant's L1
-    assert float((fitted - target).abs().mean()) < 0.6 * float(constant)  # 0.49 measured
+    assert float((fitted - target).abs().mean()) < 0.6 * float(constant)
     actions, _ = policy.select_actions(frame_observations(data, [*harmful, *moving]))
     assert [a["refuse"] for a in actions[: len(harmful)]] == [1] * len(harmful)
     deltas = np.stack([a["delta"] for a in actions[len(harmful) :]])
@@ -614,3 +622,32 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
     assert np.median(cos) > 0.5  # training frames: the head follows the expert's motion
     with pytest.raises(ConfigError, match="regression_weight"):
         replace(config, regression_weight=-1.0).check()
+    with pytest.raises(ConfigError, match="needs action_head 'regression'"):
+        replace(config, action_head="tokens").check()
+    with pytest.raises(ConfigError, match="action_chunk must be an int"):
+        replace(config, action_chunk=0).check()
+
+
+def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:
+    """Frame i's chunk holds frames i .. i + H - 1 of its own episode; rows past the end of
+    the episode, or on a frame that is not a label (refusal, deliberate miss), are masked."""
+    from robot_refusal.policies.training import chunk_targets
+
+    values = np.arange(12, dtype=np.float32).reshape(6, 2)  # frame f: (2f, 2f + 1)
+    episode = np.array([0, 0, 0, 1, 1, 1])
+    acting = np.array([True, True, True, True, False, True])
+    targets, mask = chunk_targets(values, episode, acting, 3)
+    assert mask.tolist() == [
+        [True, True, True],
+        [True, True, False],
+        [True, False, False],
+        [True, False, True],
+        [False, True, False],
+        [True, False, False],
+    ]
+    assert targets[0].tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert targets[3].tolist() == [[6, 7], [0, 0], [10, 11]]
+    assert targets[5].tolist() == [[10, 11], [0, 0], [0, 0]]
+    single, ones = chunk_targets(values, episode, acting, 1)
+    assert np.array_equal(single[:, 0], np.where(acting[:, None], values, 0))
+    assert np.array_equal(ones[:, 0], acting)

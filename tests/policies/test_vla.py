@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ def tiny_policy(
     keypoint_stride: int = 4,
     upper_plane: float | None = None,
     action_head: str = "tokens",
+    **chunking: Any,
 ) -> VLAPolicy:
     acts = ActionTokenizer.fit(np.random.default_rng(seed).uniform(-0.04, 0.04, (200, 4)))
     norm = Normalization((0.4,) * 8, (0.2,) * 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -50,6 +52,7 @@ def tiny_policy(
         camera_unprojection=_camera() if metric else None,
         metric_upper_plane_height=upper_plane,
         action_head=action_head,
+        **chunking,
     )
     torch.manual_seed(seed)
     return VLAPolicy(VLAForActionPrediction(cfg), proc)
@@ -623,7 +626,8 @@ def test_regression_head_reads_every_action_at_once(tmp_path: Path, obs: dict) -
     inputs = pol.processor([obs, obs])
     with torch.no_grad():
         out = pol.model(**inputs)
-    assert out.action_values is not None and out.action_values.shape == (2, 4)
+    assert out.action_values is not None and out.action_values.shape == (2, 1, 4)
+    out.action_values = out.action_values[:, 0]  # one action per chunk
     values, logprobs = pol.model.predict_action_tokens(**inputs, decoding="regression")
     _, logprobs_argmax = pol.model.predict_action_tokens(**inputs, decoding="argmax")
     assert torch.equal(logprobs, logprobs_argmax)  # the refusal score does not change
@@ -660,3 +664,61 @@ def test_regression_head_reads_every_action_at_once(tmp_path: Path, obs: dict) -
         steered, _ = pol.model.predict_action_tokens(**inputs, decoding="regression")
     assert (steered[:, 0] != REFUSE_ID).all()  # still acting, with other actions:
     assert (steered - values).abs().max() > 1.0  # bins moved
+
+
+def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(obs: dict) -> None:
+    """``action_chunk`` H = 3: the head gives (B, 3, D), its first row is the unchunked
+    reading; ``temporal_ensemble_coeff`` averages the stored chunks' rows for the current
+    step with ACT's weights (oldest first, exp(-coeff * i)); ``n_action_steps`` 3 calls the
+    model every third step and runs the chunk's rows in between; :meth:`reset` forgets the
+    chunks; inconsistent settings are refused."""
+    kw = {"action_head": "regression", "action_decoding": "regression", "action_chunk": 3}
+    for bad, match in (
+        ({"action_head": "tokens", "action_decoding": "argmax"}, "needs the regression"),
+        ({"n_action_steps": 4}, "n_action_steps must be"),
+        ({"n_action_steps": 2, "temporal_ensemble_coeff": 0.01}, "needs n_action_steps 1"),
+        ({"temporal_ensemble_coeff": float("nan")}, "finite"),
+        ({"action_chunk": 65}, "action_chunk must be"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            VLAConfig(**{**kw, **bad})
+    pol = tiny_policy(**kw, temporal_ensemble_coeff=1.0)
+    inputs = pol.processor([obs])
+    chunk, _ = pol.model.predict_action_tokens(**inputs, chunk=True)
+    first, _ = pol.model.predict_action_tokens(**inputs)
+    assert chunk.shape == (1, 3, 4) and torch.equal(chunk[:, 0], first)
+    assert not torch.allclose(chunk[0, 0], chunk[0, 2])  # the rows differ
+    rows = chunk[0].numpy()
+    calls = []
+    hook = pol.model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        pol.reset()
+        acts = [pol.select_action(obs)["delta"] for _ in range(4)]
+        # the same observation every step, so every stored chunk equals `rows`
+        w = np.exp(-1.0 * np.arange(3))
+        want = [
+            rows[0],
+            (rows[1] + w[1] * rows[0]) / w[:2].sum(),
+            (w[:, None] * rows[::-1]).sum(0) / w.sum(),
+        ]
+        want.append(want[2])  # only the last three chunks count
+        for got, row in zip(acts, want, strict=True):
+            ref = pol.processor.decode_actions(np.asarray(row, np.float32)[None])[0]["delta"]
+            assert got == pytest.approx(ref, abs=1e-6)
+        assert len(calls) == 4
+        pol.model.config.temporal_ensemble_coeff = None
+        pol.model.config.n_action_steps = 3
+        pol.reset()
+        calls.clear()
+        acts = [pol.select_action(obs)["delta"] for _ in range(4)]
+        assert len(calls) == 2  # steps 0 and 3
+        for got, row in zip(acts, [rows[0], rows[1], rows[2], rows[0]], strict=True):
+            ref = pol.processor.decode_actions(row[None])[0]["delta"]
+            assert got == pytest.approx(ref, abs=1e-6)
+        pol.select_action(obs)
+        pol.reset()  # drops the queued rows: the next step calls the model again
+        calls.clear()
+        pol.select_action(obs)
+        assert len(calls) == 1
+    finally:
+        hook.remove()
