@@ -272,9 +272,9 @@ class VLAPolicy:
         self, obs: Mapping[str, Any], keypoint_override: np.ndarray | None
     ) -> dict[str, Any]:
         """:meth:`select_action` with an optional (1, K', 2) keypoint override."""
+        inputs = self.processor([obs])  # checks the observation at every step
         if self._queue:  # the rest of an open-loop chunk
             return self.processor.decode_actions(self._queue.popleft()[None], [obs])[0]
-        inputs = self.processor([obs])
         if keypoint_override is not None:
             inputs["keypoint_override"] = torch.as_tensor(np.asarray(keypoint_override, np.float32))
         ids, logprobs = self.model.predict_action_tokens(

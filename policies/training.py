@@ -65,9 +65,9 @@ STATE_FILE = "trainer_state.pt"
 
 
 MISS_FRAMES = ("skip", "keypoints")
+"""What training does with the frames of a deliberate miss (``TrainConfig.miss_frames``)."""
 TARGET_KEYS = ("keypoint_labels", "action_values", "action_mask")
 """Keys of :class:`Batcher`'s batches that are targets, not ``forward`` inputs."""
-"""What training does with the frames of a deliberate miss (``TrainConfig.miss_frames``)."""
 
 
 def check_miss_frames(value: str) -> None:
@@ -270,6 +270,8 @@ class Tensors:
         keypoints: (N, P, 2) float32 privileged keypoint labels, or None if not recorded.
         imitate: (N,) bool, False for the frames of a deliberate miss kept for the keypoint
             losses only (their actions are not labels); None: every frame is imitated.
+        frame: (N,) int64 frame index within the episode (LeRobot's ``frame_index``), or
+            None; with it, action chunks do not run across frames left out of an episode.
     """
 
     images: np.ndarray
@@ -283,6 +285,7 @@ class Tensors:
     keypoints: np.ndarray | None = None
     subgoals: np.ndarray | None = None
     imitate: np.ndarray | None = None
+    frame: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> Tensors:
         """The frames where ``mask`` (N,) is True."""
@@ -298,6 +301,7 @@ class Tensors:
             None if self.keypoints is None else self.keypoints[mask],
             None if self.subgoals is None else self.subgoals[mask],
             None if self.imitate is None else self.imitate[mask],
+            None if self.frame is None else self.frame[mask],
         )
 
     @property
@@ -373,6 +377,7 @@ def load_tensors(ds: DemoDataset, miss_frames: str = "skip") -> Tensors:
         episode=ds.array("episode_index").astype(np.int64),
         keypoints=keypoints,
         subgoals=subgoals,
+        frame=ds.array("frame_index").astype(np.int64),
     )
     if "imitate" in ds.info["features"]:
         imitate = ds.array("imitate").astype(bool)
@@ -437,6 +442,7 @@ def concat_tensors(parts: Sequence[Tensors]) -> Tensors:
         keypoints=joined("keypoints"),
         subgoals=joined("subgoals"),
         imitate=imitate,
+        frame=joined("frame"),
     )
 
 
@@ -502,7 +508,7 @@ class Batcher:
         unit = np.clip((np.nan_to_num(targets) - low) / (high - low), 0.0, 1.0)
         values = (2 * unit - 1).astype(np.float32)  # (N, D)
         acting = ~data.refuse & data.labelled
-        values, mask = chunk_targets(values, data.episode, acting, chunk)
+        values, mask = chunk_targets(values, data.episode, acting, chunk, data.frame)
         self.action_values = torch.from_numpy(values)  # (N, H, D)
         self.action_mask = torch.from_numpy(mask)  # (N, H)
 
@@ -532,7 +538,11 @@ class Batcher:
 
 
 def chunk_targets(
-    values: np.ndarray, episode: np.ndarray, acting: np.ndarray, chunk: int
+    values: np.ndarray,
+    episode: np.ndarray,
+    acting: np.ndarray,
+    chunk: int,
+    frame: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame action chunks for a regression head (ACT's training targets, Zhao et al.
     2023, section 3.1).
@@ -543,11 +553,15 @@ def chunk_targets(
         acting: (N,) True where the frame's action is a label (not a refusal, not a
             deliberate miss).
         chunk: H >= 1.
+        frame: (N,) frame index within the episode, or None (no frame left out): row k of
+            frame i exists only if frame i + k is k frames later in the episode, so a chunk
+            does not run across frames left out (a skipped deliberate miss).
 
     Returns:
         (targets (N, H, D) float32: row k of frame i is frame i + k's action, zero where
-        there is none; mask (N, H) bool: True where frame i + k is in frame i's episode and
-        acting). Past an episode's end there is no target (ACT pads and masks the same way).
+        there is none; mask (N, H) bool: True where frame i + k is in frame i's episode, k
+        frames later, and acting). Past an episode's end there is no target (ACT pads and
+        masks the same way).
     """
     n, d = values.shape
     targets = np.zeros((n, chunk, d), np.float32)
@@ -556,6 +570,8 @@ def chunk_targets(
         if k >= n:
             break
         same = episode[k:] == episode[: n - k]  # (N - k,) frame i + k in frame i's episode
+        if frame is not None:
+            same &= frame[k:] - frame[: n - k] == k
         ok = same & acting[k:]
         targets[: n - k, k] = np.where(ok[:, None], values[k:], 0.0)
         mask[: n - k, k] = ok

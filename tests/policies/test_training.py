@@ -630,7 +630,8 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
 
 def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:
     """Frame i's chunk holds frames i .. i + H - 1 of its own episode; rows past the end of
-    the episode, or on a frame that is not a label (refusal, deliberate miss), are masked."""
+    the episode, on a frame that is not a label (refusal, deliberate miss), or across frames
+    left out of the episode are masked."""
     from robot_refusal.policies.training import chunk_targets
 
     values = np.arange(12, dtype=np.float32).reshape(6, 2)  # frame f: (2f, 2f + 1)
@@ -648,6 +649,12 @@ def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> N
     assert targets[0].tolist() == [[0, 1], [2, 3], [4, 5]]
     assert targets[3].tolist() == [[6, 7], [0, 0], [10, 11]]
     assert targets[5].tolist() == [[10, 11], [0, 0], [0, 0]]
+    # frame 1 of episode 0 was left out (a skipped miss): frame 0's chunk stops there
+    gap, gap_mask = chunk_targets(values, episode, acting, 3, np.array([0, 2, 3, 0, 1, 2]))
+    assert gap_mask[0].tolist() == [True, False, False] and gap_mask[1].tolist() == [True] * 2 + [
+        False
+    ]
+    assert np.array_equal(gap[3:], targets[3:]) and np.array_equal(gap_mask[3:], mask[3:])
     single, ones = chunk_targets(values, episode, acting, 1)
     assert np.array_equal(single[:, 0], np.where(acting[:, None], values, 0))
     assert np.array_equal(ones[:, 0], acting)

@@ -716,6 +716,8 @@ def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(obs: dict) -> 
             ref = pol.processor.decode_actions(row[None])[0]["delta"]
             assert got == pytest.approx(ref, abs=1e-6)
         pol.select_action(obs)
+        with pytest.raises(InvalidObservationError, match="NaN"):  # checked mid-chunk too
+            pol.select_action({**obs, "state": np.full_like(obs["state"], np.nan)})
         pol.reset()  # drops the queued rows: the next step calls the model again
         calls.clear()
         pol.select_action(obs)
