@@ -96,6 +96,54 @@ def describe_chunk_execution(config: VLAConfig) -> str | None:
     return "newest"
 
 
+class ChunkExecutor:
+    """Runs one episode's action chunks as a config says (``VLAConfig.action_chunk``,
+    ``n_action_steps``, ``temporal_ensemble_coeff``): the open-loop queue and ACT's temporal
+    ensemble (Zhao et al. 2023, sections 3.1 and 3.3). :class:`VLAPolicy` and the attacks'
+    steered policy share it, so that a condition runs a checkpoint's chunks the way
+    ``eval`` does."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[np.ndarray] = deque()  # recent chunks (H, D), the newest last
+        self.queue: deque[np.ndarray] = deque()  # open-loop actions (D,) still to run
+
+    def reset(self) -> None:
+        """Forget the stored chunks and queued actions (a new episode, or after a stop)."""
+        self.chunks.clear()
+        self.queue.clear()
+
+    def queued(self) -> np.ndarray | None:
+        """The next open-loop action (D,) of the current chunk, or None: call the model."""
+        return self.queue.popleft() if self.queue else None
+
+    def step(self, chunk: np.ndarray, config: VLAConfig) -> np.ndarray:
+        """The action (D,) to run now, from a new chunk (H, D) of token ids (fractional for
+        the regression head) predicted at this step.
+
+        A refusal (``<refuse>`` first) drops the stored chunks and is returned as is. With
+        ``n_action_steps`` n > 1 the chunk's rows 1 .. n-1 are queued; with
+        ``temporal_ensemble_coeff`` c the result is the weighted mean of every stored
+        chunk's row for this step (row a of the chunk predicted a steps ago), weights
+        ``exp(-c i)``, i = 0 for the oldest; else the chunk's first row.
+        """
+        if chunk[0, 0] == REFUSE_ID:
+            self.reset()
+            return chunk[0]
+        if config.n_action_steps > 1:
+            self.queue.extend(chunk[1 : config.n_action_steps])
+            return chunk[0]
+        coeff = config.temporal_ensemble_coeff
+        if coeff is None or len(chunk) == 1:
+            return chunk[0]
+        self.chunks.append(chunk)
+        while len(self.chunks) > len(chunk):
+            self.chunks.popleft()
+        n = len(self.chunks)
+        rows = np.stack([c[n - 1 - j] for j, c in enumerate(self.chunks)])  # oldest first
+        weights = np.exp(-coeff * np.arange(n))
+        return np.asarray((weights[:, None] * rows).sum(0) / weights.sum(), np.float32)
+
+
 class VLAPolicy:
     """A trained VLA with its processor.
 
@@ -139,8 +187,7 @@ class VLAPolicy:
         self.model = model.eval()
         self.processor = processor
         self.refusal_score: float | None = None
-        self._chunks: deque[np.ndarray] = deque()  # recent chunks (H, D), the newest last
-        self._queue: deque[np.ndarray] = deque()  # open-loop actions (D,) still to run
+        self.chunks = ChunkExecutor()
 
     @property
     def action_decoding(self) -> str:
@@ -249,8 +296,7 @@ class VLAPolicy:
         """Start an episode: forget the stored action chunks (a policy with
         ``action_chunk`` 1 has no memory between steps)."""
         self.refusal_score = None
-        self._chunks.clear()
-        self._queue.clear()
+        self.chunks.reset()
 
     def select_action(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """One env action for one observation; sets :attr:`refusal_score`.
@@ -273,40 +319,17 @@ class VLAPolicy:
     ) -> dict[str, Any]:
         """:meth:`select_action` with an optional (1, K', 2) keypoint override."""
         inputs = self.processor([obs])  # checks the observation at every step
-        if self._queue:  # the rest of an open-loop chunk
-            return self.processor.decode_actions(self._queue.popleft()[None], [obs])[0]
+        queued = self.chunks.queued()  # the rest of an open-loop chunk
+        if queued is not None:
+            return self.processor.decode_actions(queued[None], [obs])[0]
         if keypoint_override is not None:
             inputs["keypoint_override"] = torch.as_tensor(np.asarray(keypoint_override, np.float32))
         ids, logprobs = self.model.predict_action_tokens(
             **inputs, decoding=self.action_decoding, chunk=True
         )
         self.refusal_score = float(refusal_score(logprobs)[0])
-        chunk = ids[0].cpu().numpy()  # (H, D) token ids, fractional for the regression head
-        cfg = self.model.config
-        if chunk[0, 0] == REFUSE_ID:
-            self._chunks.clear()
-            row = chunk[0]
-        elif cfg.n_action_steps > 1:
-            self._queue.extend(chunk[1 : cfg.n_action_steps])
-            row = chunk[0]
-        elif cfg.temporal_ensemble_coeff is not None and len(chunk) > 1:
-            row = self._ensemble(chunk, cfg.temporal_ensemble_coeff)
-        else:
-            row = chunk[0]
+        row = self.chunks.step(ids[0].cpu().numpy(), self.model.config)
         return self.processor.decode_actions(row[None], [obs])[0]
-
-    def _ensemble(self, chunk: np.ndarray, coeff: float) -> np.ndarray:
-        """ACT's temporal ensemble: store ``chunk`` (H, D), predicted at this step, and return
-        the weighted mean (D,) of every stored chunk's row for this step (row a of the chunk
-        predicted a steps ago), weights ``exp(-coeff * i)``, i = 0 for the oldest."""
-        horizon = len(chunk)
-        self._chunks.append(chunk)
-        while len(self._chunks) > horizon:
-            self._chunks.popleft()
-        n = len(self._chunks)
-        rows = np.stack([c[n - 1 - j] for j, c in enumerate(self._chunks)])  # oldest first
-        weights = np.exp(-coeff * np.arange(n))
-        return np.asarray((weights[:, None] * rows).sum(0) / weights.sum(), np.float32)
 
     @torch.no_grad()
     def select_actions(

@@ -28,7 +28,7 @@ from robot_refusal.interventions import (
     directional_ablation,
     orthogonalize_weights,
 )
-from robot_refusal.policies.policy import VLAPolicy, refusal_score
+from robot_refusal.policies.policy import ChunkExecutor, VLAPolicy, refusal_score
 from robot_refusal.selection import kl_divergence
 
 INTERVENTIONS = ("none", "ablate", "add", "orthogonalize")
@@ -215,6 +215,7 @@ class SteeredPolicy:
         self.processor = policy.processor
         self.refusal_score: float | None = None
         self.kl: float | None = None
+        self.chunks = ChunkExecutor()
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -238,21 +239,27 @@ class SteeredPolicy:
             yield
 
     def reset(self) -> None:
-        """Start an episode."""
+        """Start an episode (and forget a chunked checkpoint's stored chunks)."""
         self.refusal_score = None
         self.kl = None
+        self.chunks.reset()
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """One env action under the condition; sets :attr:`refusal_score` and :attr:`kl` at
-        the first step of an episode.
+        the first step of an episode. A chunked checkpoint runs its chunks as
+        :meth:`VLAPolicy.select_action` does (:class:`ChunkExecutor`), every model call
+        under the condition.
 
         Raises:
             InvalidObservationError: For a bad image, state or instruction.
         """
         inputs = self.processor([obs])
+        queued = self.chunks.queued()
+        if queued is not None:
+            return self.processor.decode_actions(queued[None], [obs])[0]
         with self.active():
-            tokens, logprobs = self.model.predict_action_tokens(**inputs)
+            tokens, logprobs = self.model.predict_action_tokens(**inputs, chunk=True)
         if self.refusal_score is None:
             self.refusal_score = float(refusal_score(logprobs)[0])
             if self.spec.intervention == "none":
@@ -260,7 +267,8 @@ class SteeredPolicy:
             else:
                 base = self.base.model(**inputs).logits[:, -1]
                 self.kl = float(kl_divergence(base, logprobs)[0])
-        return self.processor.decode_actions(tokens.cpu().numpy(), [obs])[0]
+        row = self.chunks.step(tokens[0].cpu().numpy(), self.base.model.config)
+        return self.processor.decode_actions(row[None], [obs])[0]
 
     def first_step(self, obs: Mapping[str, Any]) -> tuple[float, float]:
         """(refusal score, KL to the base policy) of one observation, without stepping."""

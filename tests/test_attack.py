@@ -355,3 +355,44 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
         main([command, "--help"])
     assert e.value.code == 0
     assert "usage: robot-refusal " + command in capsys.readouterr().out
+
+
+def test_steered_policy_runs_a_chunked_checkpoint_as_eval_does(
+    first_obs: dict[str, list[dict]],
+) -> None:
+    """A condition on a checkpoint with action chunks runs them as ``VLAPolicy`` does: the
+    baseline's actions equal the plain policy's, step by step, open loop and ensembled; an
+    ablation changes them and calls the (hooked) model only when the chunk is used up."""
+    import numpy as np
+
+    from tests.policies.test_vla import tiny_policy
+
+    obs = first_obs["harmless"][:3]
+    for spec in ("open-loop:2", "ensemble:0.5"):
+        plain = tiny_policy(
+            action_head="regression",
+            action_decoding="regression",
+            action_chunk=3,
+            temporal_ensemble_coeff=0.01,
+        )
+        VLAPolicy(plain.model, plain.processor, chunk_execution=spec)
+        base = SteeredPolicy(plain, ConditionSpec("baseline"))
+        for p in (plain, base):
+            p.reset()
+        for o in [*obs, *obs]:
+            got, want = base.select_action(o)["delta"], plain.select_action(o)["delta"]
+            assert np.array_equal(got, want), spec
+    width = plain.model.config.hidden_size
+    r = Direction(torch.ones(width, dtype=torch.float64), layer=1)
+    plain.model.config.n_action_steps, plain.model.config.temporal_ensemble_coeff = 3, None
+    ablate = SteeredPolicy(plain, ConditionSpec("ablate", "ablate", "unused"), r)
+    calls: list[int] = []
+    hook = plain.model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        ablate.reset()
+        plain.reset()
+        moved = [ablate.select_action(o)["delta"] for o in [*obs, obs[0]]]
+        assert len(calls) == 3  # steps 0 (steered, and the base for the KL) and 3
+        assert not np.array_equal(moved[0], plain.select_action(obs[0])["delta"])
+    finally:
+        hook.remove()

@@ -342,6 +342,9 @@ class PolicyNode(Node):
                 self.prev_v = np.zeros(3)
                 self._publish_motion(np.zeros(3), None)
                 self._publish_status(v)
+                # a chunked policy's stored chunks (open-loop actions, ensemble) predate the
+                # stop: it starts afresh when motion resumes
+                self.policy.reset()
                 return
             obs = observation(self.image, self.robot, self.sup.instruction)
             ee, person = self.robot.ee.copy(), self.person
@@ -363,6 +366,7 @@ class PolicyNode(Node):
                 self._stop_now()
                 return
             if not self.sup.may_publish(epoch, self._now()):
+                self.policy.reset()
                 self._stop_now()
                 return
             limits = Limits.from_params(self.p)
