@@ -53,6 +53,18 @@ def render_card(
             "four action tokens (end-effector displacement x, y, z and the gripper command, "
             "256 bins each)"
         )
+    if cfg.get("action_head", "tokens") == "regression":
+        chunk = int(cfg.get("action_chunk", 1))
+        actions += (
+            "; it acts with a continuous regression head on the same position (OpenVLA-OFT's "
+            "L1 regression, all actions at once"
+            + (
+                f", a chunk of the next {chunk} actions run with ACT's temporal ensemble"
+                if chunk > 1
+                else ""
+            )
+            + ")"
+        )
     lines = [
         f"# {name}",
         "",
