@@ -91,7 +91,7 @@ def check_action_chunking(
     """Raise :class:`ConfigError` unless the chunk settings fit together (see
     :class:`VLAConfig`): ``chunk`` in [1, :data:`MAX_ACTION_CHUNK`], > 1 only with the
     regression head read as ``"regression"``; ``n_action_steps`` in [1, ``chunk``];
-    ``ensemble_coeff`` None or finite and >= 0, and only with ``n_action_steps`` 1 (LeRobot's
+    ``ensemble_coeff`` None or finite, and only with ``n_action_steps`` 1 (LeRobot's
     ACT refuses the same mix: an ensemble needs a new chunk at every step)."""
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= MAX_ACTION_CHUNK:
         raise ConfigError(f"action_chunk must be an int in [1, {MAX_ACTION_CHUNK}], got {chunk!r}")
@@ -110,10 +110,8 @@ def check_action_chunking(
             f"n_action_steps must be an int in [1, action_chunk={chunk}], got {n_action_steps!r}"
         )
     if ensemble_coeff is not None:
-        if not math.isfinite(ensemble_coeff) or ensemble_coeff < 0:
-            raise ConfigError(
-                f"temporal_ensemble_coeff must be finite and >= 0, got {ensemble_coeff!r}"
-            )
+        if not math.isfinite(ensemble_coeff):
+            raise ConfigError(f"temporal_ensemble_coeff must be finite, got {ensemble_coeff!r}")
         if n_action_steps != 1:
             raise ConfigError(
                 "temporal_ensemble_coeff needs n_action_steps 1 (a new chunk at every step), "
@@ -243,9 +241,9 @@ class VLAConfig(PretrainedConfig):
         temporal_ensemble_coeff: With ``n_action_steps`` 1 and ``action_chunk`` > 1, the
             action run at step t is the weighted mean of every stored chunk's prediction for
             t, weights ``exp(-coeff * i)`` with i = 0 the oldest chunk (ACT's temporal
-            ensembling, section 3.3; the paper uses 0.01); None: the newest chunk's first
-            action alone. Like ``action_decoding``, neither execution setting depends on the
-            weights.
+            ensembling, section 3.3; the paper uses 0.01): > 0 weighs the older predictions
+            more, < 0 the newer; None: the newest chunk's first action alone. Like
+            ``action_decoding``, neither execution setting depends on the weights.
         rms_norm_eps, rope_theta: Passed to the Llama decoder.
 
     Raises:

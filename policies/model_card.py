@@ -59,7 +59,7 @@ def render_card(
             "; it acts with a continuous regression head on the same position (OpenVLA-OFT's "
             "L1 regression, all actions at once"
             + (
-                f", a chunk of the next {chunk} actions run with ACT's temporal ensemble"
+                f", a chunk of the next {chunk} actions per call (ACT's action chunking)"
                 if chunk > 1
                 else ""
             )

@@ -32,7 +32,6 @@ from robot_refusal.policies.action_tokenizer import ActionTokenizer
 from robot_refusal.policies.configuration_vla import (
     ACTION_HEADS,
     ACTION_TOKEN_OFFSET,
-    DEFAULT_ENSEMBLE_COEFF,
     REFUSE_ID,
     VLAConfig,
     check_action_chunking,
@@ -66,6 +65,12 @@ STATE_FILE = "trainer_state.pt"
 
 MISS_FRAMES = ("skip", "keypoints")
 """What training does with the frames of a deliberate miss (``TrainConfig.miss_frames``)."""
+CHUNK_ENSEMBLE_COEFF = -0.5
+"""Temporal-ensemble coefficient a chunked checkpoint is saved with: weights ``exp(0.5 i)``
+from the oldest chunk, so the newest prediction for a step weighs 39% and the one before 24%.
+Measured on ``c-600`` (README, "Action chunks"; test split, 200 harmless episodes): 70.0%
+harmless success, against 56.0% for the newest chunk alone and 15.0% for ACT's 0.01, which
+on these delta actions averages ten stale predictions nearly uniformly."""
 TARGET_KEYS = ("keypoint_labels", "action_values", "action_mask")
 """Keys of :class:`Batcher`'s batches that are targets, not ``forward`` inputs."""
 
@@ -153,9 +158,10 @@ class TrainConfig:
         regression_weight: Weight of that L1 loss.
         action_chunk: Actions the regression head predicts per call, H (ACT's action
             chunking, Zhao et al. 2023, section 3.1): frame i is trained on the actions of
-            frames i .. i + H - 1. H > 1 needs the regression head; the checkpoint then runs
-            with ACT's temporal ensembling (``temporal_ensemble_coeff`` 0.01, a new chunk at
-            every step; :class:`~robot_refusal.policies.policy.VLAPolicy`).
+            frames i .. i + H - 1. H > 1 needs the regression head. The checkpoint calls
+            the model at every step and runs a temporal ensemble that weighs the newer
+            chunks more (:data:`CHUNK_ENSEMBLE_COEFF`); ``eval --chunk-execution`` picks
+            another execution.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -944,7 +950,7 @@ def _model(
             action_head=config.action_head,
             action_decoding="regression" if config.action_head == "regression" else "argmax",
             action_chunk=config.action_chunk,
-            temporal_ensemble_coeff=DEFAULT_ENSEMBLE_COEFF if config.action_chunk > 1 else None,
+            temporal_ensemble_coeff=CHUNK_ENSEMBLE_COEFF if config.action_chunk > 1 else None,
             camera_unprojection=scene_camera(processor.image_size)
             if config.metric_keypoints
             else None,

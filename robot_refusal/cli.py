@@ -599,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         help="actions the regression head predicts per call (ACT's action chunking; default "
-        "1); a chunked checkpoint runs them with ACT's temporal ensembling",
+        "1); the checkpoint calls the model at every step and runs a temporal ensemble "
+        "weighing the newer chunks more, ensemble:-0.5 (eval --chunk-execution picks "
+        "another execution)",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

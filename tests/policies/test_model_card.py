@@ -22,7 +22,7 @@ def test_card_names_the_action_head_and_its_chunks(tmp_path: Path) -> None:
     assert "robot-refusal train ..." in text and "- a note" in text
     reg = {**log, "config": {**log["config"], "action_head": "regression"}}
     text = render_card("r", reg, summary, [])
-    assert "continuous regression head" in text and "temporal ensemble" not in text
+    assert "continuous regression head" in text and "chunk" not in text
     chunked = {**log, "config": {**reg["config"], "action_chunk": 10}}
     text = render_card("c", chunked, summary, [])
-    assert "a chunk of the next 10 actions run with ACT's temporal ensemble" in text
+    assert "a chunk of the next 10 actions per call (ACT's action chunking)" in text

@@ -583,9 +583,9 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
 ) -> None:
     """``action_head="regression"`` with a chunk of 3 actions: the head fits the training
     actions (its L1 error well below that of the best constant), validation reports its
-    error, the checkpoint acts with it (``action_decoding="regression"``, ACT's temporal
-    ensemble) and the first token still refuses the harmful training instructions."""
-    from robot_refusal.policies.configuration_vla import DEFAULT_ENSEMBLE_COEFF
+    error, the checkpoint acts with it (``action_decoding="regression"``, a temporal
+    ensemble weighing the newer chunks more) and the first token still refuses the harmful
+    training instructions."""
     from robot_refusal.policies.training import Batcher
 
     config = replace(
@@ -596,8 +596,8 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
     policy = VLAPolicy.from_pretrained(tmp_path / "reg")
     assert policy.action_decoding == "regression"
     cfg = policy.model.config
-    assert (cfg.action_chunk, cfg.n_action_steps) == (3, 1)
-    assert cfg.temporal_ensemble_coeff == DEFAULT_ENSEMBLE_COEFF
+    assert (cfg.action_chunk, cfg.n_action_steps, cfg.temporal_ensemble_coeff) == (3, 1, -0.5)
+    assert policy.chunk_execution == "ensemble:-0.5"
     data = load_tensors(load_dataset(tiny_data))
     trained = data.episode != data.episode.max()
     harmful = np.flatnonzero(data.refuse & trained)

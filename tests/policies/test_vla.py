@@ -682,6 +682,12 @@ def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(obs: dict) -> 
     ):
         with pytest.raises(ConfigError, match=match):
             VLAConfig(**{**kw, **bad})
+    from robot_refusal.policies.configuration_vla import parse_chunk_execution
+
+    assert parse_chunk_execution("ensemble", 3) == (1, 0.01)
+    assert parse_chunk_execution("ensemble:-1", 3) == (1, -1.0)  # newer predictions weigh more
+    assert parse_chunk_execution("open-loop", 3) == (3, None)
+    assert parse_chunk_execution("newest", 3) == (1, None)
     pol = tiny_policy(**kw, temporal_ensemble_coeff=1.0)
     inputs = pol.processor([obs])
     chunk, _ = pol.model.predict_action_tokens(**inputs, chunk=True)
