@@ -86,20 +86,18 @@ def check_action_chunking(
     n_action_steps: int,
     ensemble_coeff: float | None,
     head: str,
-    decoding: str,
 ) -> None:
     """Raise :class:`ConfigError` unless the chunk settings fit together (see
     :class:`VLAConfig`): ``chunk`` in [1, :data:`MAX_ACTION_CHUNK`], > 1 only with the
-    regression head read as ``"regression"``; ``n_action_steps`` in [1, ``chunk``];
+    regression head; ``n_action_steps`` in [1, ``chunk``];
     ``ensemble_coeff`` None or finite, and only with ``n_action_steps`` 1 (LeRobot's
     ACT refuses the same mix: an ensemble needs a new chunk at every step)."""
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= MAX_ACTION_CHUNK:
         raise ConfigError(f"action_chunk must be an int in [1, {MAX_ACTION_CHUNK}], got {chunk!r}")
-    if chunk > 1 and (head != "regression" or decoding != "regression"):
+    if chunk > 1 and head != "regression":
         raise ConfigError(
-            f"action_chunk {chunk} needs the regression action head read as 'regression' "
-            f"(this one: action_head={head!r}, action_decoding={decoding!r}); the token head "
-            "gives one action per call"
+            f"action_chunk {chunk} needs the regression action head (this one: "
+            f"action_head={head!r}); the token head gives one action per call"
         )
     if (
         isinstance(n_action_steps, bool)
@@ -156,7 +154,7 @@ def parse_chunk_execution(spec: str, chunk: int | None = None) -> tuple[int, flo
             steps, coeff = 1, None
     except ValueError as e:
         raise ConfigError(f"chunk execution {spec!r}: {e}") from e
-    check_action_chunking(chunk or MAX_ACTION_CHUNK, steps, coeff, "regression", "regression")
+    check_action_chunking(chunk or MAX_ACTION_CHUNK, steps, coeff, "regression")
     return steps, coeff
 
 
@@ -233,8 +231,10 @@ class VLAConfig(PretrainedConfig):
             language-model head's first token either way, and the token head is trained too.
         action_chunk: Actions the regression head predicts per call, H >= 1: the current one
             and the next H - 1 (ACT's action chunking, Zhao et al. 2023, section 3.1;
-            OpenVLA-OFT, Kim et al. 2025, section 3). H > 1 needs ``action_head="regression"``
-            and ``action_decoding="regression"``.
+            OpenVLA-OFT, Kim et al. 2025, section 3). H > 1 needs ``action_head="regression"``;
+            a token reading of such a checkpoint (``action_decoding`` other than
+            ``"regression"``) gives one action per call, and the chunk settings then change
+            nothing.
         n_action_steps: How many actions of each chunk run before the model is called again,
             in [1, ``action_chunk``] (LeRobot's ``n_action_steps``): 1 calls it at every step;
             n > 1 runs the first n actions open loop.
@@ -345,9 +345,7 @@ class VLAConfig(PretrainedConfig):
             raise ConfigError(f"action_head must be one of {ACTION_HEADS}, got {action_head!r}")
         self.action_head = action_head
         check_decoding_for_head(action_decoding, action_head)
-        check_action_chunking(
-            action_chunk, n_action_steps, temporal_ensemble_coeff, action_head, action_decoding
-        )
+        check_action_chunking(action_chunk, n_action_steps, temporal_ensemble_coeff, action_head)
         self.action_chunk = int(action_chunk)
         self.n_action_steps = int(n_action_steps)
         self.temporal_ensemble_coeff = (

@@ -255,7 +255,7 @@ class TrainConfig:
                 f"action_chunk {self.action_chunk} needs action_head 'regression': the token "
                 "head gives one action per call"
             )
-        check_action_chunking(self.action_chunk, 1, None, "regression", "regression")
+        check_action_chunking(self.action_chunk, 1, None, "regression")
 
 
 @dataclass

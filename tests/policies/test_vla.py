@@ -666,7 +666,9 @@ def test_regression_head_reads_every_action_at_once(tmp_path: Path, obs: dict) -
     assert (steered - values).abs().max() > 1.0  # bins moved
 
 
-def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(obs: dict) -> None:
+def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(
+    obs: dict, tmp_path: Path
+) -> None:
     """``action_chunk`` H = 3: the head gives (B, 3, D), its first row is the unchunked
     reading; ``temporal_ensemble_coeff`` averages the stored chunks' rows for the current
     step with ACT's weights (oldest first, exp(-coeff * i)); ``n_action_steps`` 3 calls the
@@ -674,7 +676,7 @@ def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(obs: dict) -> 
     chunks; inconsistent settings are refused."""
     kw = {"action_head": "regression", "action_decoding": "regression", "action_chunk": 3}
     for bad, match in (
-        ({"action_head": "tokens", "action_decoding": "argmax"}, "needs the regression"),
+        ({"action_head": "tokens", "action_decoding": "argmax"}, "needs the regression action"),
         ({"n_action_steps": 4}, "n_action_steps must be"),
         ({"n_action_steps": 2, "temporal_ensemble_coeff": 0.01}, "needs n_action_steps 1"),
         ({"temporal_ensemble_coeff": float("nan")}, "finite"),
@@ -730,3 +732,14 @@ def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(obs: dict) -> 
         assert len(calls) == 1
     finally:
         hook.remove()
+    # a token reading of the chunked checkpoint: one action per call, saved and reloaded
+    pol.model.config.n_action_steps, pol.model.config.temporal_ensemble_coeff = 1, 0.01
+    VLAPolicy(pol.model, pol.processor, "argmax").save_pretrained(tmp_path / "tokens")
+    tokens = VLAPolicy.from_pretrained(tmp_path / "tokens")
+    assert tokens.action_decoding == "argmax" and tokens.model.config.action_chunk == 3
+    want = tokens.model.predict_action_tokens(**inputs)[0]
+    assert tokens.model.predict_action_tokens(**inputs, chunk=True)[0].shape == (1, 1, 4)
+    tokens.reset()
+    for _ in range(2):
+        ref = tokens.processor.decode_actions(want.numpy())[0]["delta"]
+        assert tokens.select_action(obs)["delta"] == pytest.approx(ref, abs=1e-6)
