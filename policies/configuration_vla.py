@@ -133,28 +133,36 @@ def parse_chunk_execution(spec: str, chunk: int | None = None) -> tuple[int, flo
 
     Args:
         spec: The spec.
-        chunk: The checkpoint's ``action_chunk``, to check N against (None: not checked,
-            and a bare ``"open-loop"`` stands for N = 1).
+        chunk: The checkpoint's ``action_chunk``, the largest N (None: N up to
+            :data:`MAX_ACTION_CHUNK`, and a bare ``"open-loop"`` stands for N = 1).
 
     Raises:
-        ConfigError: An unknown or malformed spec, or a setting :func:`check_action_chunking`
-            refuses for ``chunk``.
+        ConfigError: An unknown or malformed spec (the message names it), N outside
+            [1, ``chunk``], or a non-finite C.
     """
-    name, _, arg = str(spec).partition(":")
-    if name not in CHUNK_EXECUTIONS or (name == "newest" and arg):
-        raise ConfigError(
-            f"chunk execution must be ensemble[:COEFF], open-loop[:STEPS] or newest, got {spec!r}"
-        )
-    try:
-        if name == "ensemble":
-            steps, coeff = 1, float(arg) if arg else DEFAULT_ENSEMBLE_COEFF
-        elif name == "open-loop":
-            steps, coeff = (int(arg) if arg else (chunk or 1)), None
-        else:
-            steps, coeff = 1, None
-    except ValueError as e:
-        raise ConfigError(f"chunk execution {spec!r}: {e}") from e
-    check_action_chunking(chunk or MAX_ACTION_CHUNK, steps, coeff, "regression")
+    name, sep, arg = str(spec).partition(":")
+    usage = "ensemble[:COEFF], open-loop[:STEPS] or newest"
+    if name not in CHUNK_EXECUTIONS or (sep and (name == "newest" or not arg)):
+        raise ConfigError(f"chunk execution must be {usage}, got {spec!r}")
+    limit = chunk or MAX_ACTION_CHUNK
+    coeff: float | None = None
+    steps = 1
+    if name == "ensemble":
+        try:
+            coeff = float(arg) if arg else DEFAULT_ENSEMBLE_COEFF
+        except ValueError:
+            raise ConfigError(f"chunk execution {spec!r}: COEFF must be a number") from None
+        if not math.isfinite(coeff):
+            raise ConfigError(f"chunk execution {spec!r}: COEFF must be finite")
+    elif name == "open-loop":
+        steps = chunk or 1
+        if arg:
+            if not arg.isdigit() or not 1 <= int(arg) <= limit:
+                raise ConfigError(
+                    f"chunk execution {spec!r}: STEPS must be a whole number in [1, {limit}]"
+                    + (" (the checkpoint's action_chunk)" if chunk else "")
+                )
+            steps = int(arg)
     return steps, coeff
 
 

@@ -73,12 +73,18 @@ def set_chunk_execution(config: VLAConfig, spec: str) -> None:
     ``n_action_steps`` and ``temporal_ensemble_coeff``.
 
     Raises:
-        ConfigError: A bad spec, or a config with ``action_chunk`` 1.
+        ConfigError: A bad spec, a config with ``action_chunk`` 1, or one read by its tokens
+            (``action_decoding`` other than ``"regression"``: one action per call).
     """
     if config.action_chunk == 1:
         raise ConfigError(
             f"chunk execution {spec!r} needs a checkpoint trained with action chunks "
             "(train --action-chunk H); this one predicts one action per call"
+        )
+    if config.action_decoding != "regression":
+        raise ConfigError(
+            f"chunk execution {spec!r} needs the regression reading; action_decoding "
+            f"{config.action_decoding!r} reads one action per call from the tokens"
         )
     steps, coeff = parse_chunk_execution(spec, config.action_chunk)
     config.n_action_steps, config.temporal_ensemble_coeff = steps, coeff
@@ -86,8 +92,8 @@ def set_chunk_execution(config: VLAConfig, spec: str) -> None:
 
 def describe_chunk_execution(config: VLAConfig) -> str | None:
     """The spec of ``config``'s chunk execution (``"ensemble:0.01"``, ``"open-loop:8"``,
-    ``"newest"``), None for ``action_chunk`` 1."""
-    if config.action_chunk == 1:
+    ``"newest"``), None for ``action_chunk`` 1 or a token reading (one action per call)."""
+    if config.action_chunk == 1 or config.action_decoding != "regression":
         return None
     if config.n_action_steps > 1:
         return f"open-loop:{config.n_action_steps}"

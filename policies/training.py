@@ -161,7 +161,8 @@ class TrainConfig:
             frames i .. i + H - 1. H > 1 needs the regression head. The checkpoint calls
             the model at every step and runs a temporal ensemble that weighs the newer
             chunks more (:data:`CHUNK_ENSEMBLE_COEFF`); ``eval --chunk-execution`` picks
-            another execution.
+            another execution. With ``init_from`` the checkpoint's own chunk is kept, and
+            another H > 1 is refused.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
     """
@@ -250,12 +251,12 @@ class TrainConfig:
             raise ConfigError(f"regression_weight must be >= 0, got {self.regression_weight}")
         if self.state_velocity and self.action_space != "delta":
             raise ConfigError("state_velocity needs the delta action space")
+        check_action_chunking(self.action_chunk, 1, None, "regression")
         if self.action_chunk != 1 and self.action_head != "regression":
             raise ConfigError(
                 f"action_chunk {self.action_chunk} needs action_head 'regression': the token "
                 "head gives one action per call"
             )
-        check_action_chunking(self.action_chunk, 1, None, "regression")
 
 
 @dataclass
@@ -837,6 +838,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if config.init_from is not None and not resume:
         init = VLAPolicy.from_pretrained(config.init_from)
         _check_image_size(init, ds, config.init_from)
+        own = init.model.config.action_chunk
+        if config.action_chunk not in (1, own):  # 1, the default: keep the checkpoint's
+            raise ConfigError(
+                f"action_chunk {config.action_chunk}: {config.init_from} predicts chunks of "
+                f"{own}, and a fine-tune keeps its head; leave --action-chunk out"
+            )
     data = load_tensors(ds, config.miss_frames)
     if extra:
         data = concat_tensors([data, *(load_tensors(e, config.miss_frames) for e in extra)])

@@ -316,8 +316,10 @@ def evaluate(
         config["action_decoding"] = action_decoding
     if exact_keypoints:
         config["exact_keypoints"] = True
-    if chunk_execution is not None:
-        config["chunk_execution"] = chunk_execution
+    if chunk_execution is not None:  # as the policy names it: "ensemble" is "ensemble:0.01"
+        config["chunk_execution"] = load_policy(
+            policy, keypoint_window, action_decoding, chunk_execution
+        ).chunk_execution
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]

@@ -289,12 +289,18 @@ def test_eval_chunk_execution_is_recorded_and_checked(
     assert "chunk_execution" in capsys.readouterr().err
     assert main([*argv, "--force"]) == 0
     assert json.loads((out / "summary.json").read_text())["chunk_execution"] == "ensemble:0.01"
+    # recorded as the policy names it, so two spellings of one setting resume each other
+    assert main([*argv, "--force", "--chunk-execution", "open-loop"]) == 0
+    assert json.loads((out / "config.json").read_text())["chunk_execution"] == "open-loop:4"
+    assert main([*argv, "--resume", "--chunk-execution", "open-loop:4"]) == 0
     for policy, spec, message in (
         ("vla-small", "ensemble", "needs a checkpoint trained with action chunks"),
         ("expert", "ensemble", "applies to policy checkpoints"),
-        (str(chunked), "open-loop:5", "n_action_steps must be an int in [1, action_chunk=4]"),
+        (str(chunked), "open-loop:5", "STEPS must be a whole number in [1, 4]"),
+        (str(chunked), "open-loop:2.5", "STEPS must be a whole number in [1, 4]"),
         (str(chunked), "sometimes", "chunk execution must be"),
-        (str(chunked), "ensemble:x", "chunk execution 'ensemble:x'"),
+        (str(chunked), "newest:", "chunk execution must be"),
+        (str(chunked), "ensemble:x", "COEFF must be a number"),
     ):
         bad = ["eval", "--policy", policy, "--episodes", "1", "--out", str(tmp_path / "bad")]
         assert main([*bad, "--chunk-execution", spec, "--quiet"]) == 2

@@ -120,6 +120,11 @@ class PolicyNode(Node):
         self.last_cmd_moving = False
         self.last_status = ""
         self.steps = 0
+        # The policy's episode state (a chunked checkpoint's stored chunks) belongs to one
+        # (supervisor epoch, instruction epoch): a stop, a re-arm or a new instruction starts
+        # a new episode. Only the policy step touches the policy, so resets never race a call.
+        self._instruction_epoch = 0
+        self._policy_key: tuple[int, int] | None = None
         self._build_io()
 
     def _warm_up(self, calls: int = 3) -> None:
@@ -221,7 +226,7 @@ class PolicyNode(Node):
         with self.lock:
             if self.sup.set_instruction(text):
                 self.get_logger().info(f"instruction: {text!r}")
-                self.policy.reset()
+                self._instruction_epoch += 1  # the policy step resets the policy (its thread)
                 self.score = None
 
     def _on_person(self, msg: PoseArray) -> None:
@@ -342,18 +347,20 @@ class PolicyNode(Node):
                 self.prev_v = np.zeros(3)
                 self._publish_motion(np.zeros(3), None)
                 self._publish_status(v)
-                # a chunked policy's stored chunks (open-loop actions, ensemble) predate the
-                # stop: it starts afresh when motion resumes
-                self.policy.reset()
                 return
             obs = observation(self.image, self.robot, self.sup.instruction)
             ee, person = self.robot.ee.copy(), self.person
             epoch = self.sup.policy_started(self._now())
+            key = (epoch, self._instruction_epoch)
+        if key != self._policy_key:  # stored chunks (open loop, ensemble) predate a stop
+            self.policy.reset()
+            self._policy_key = key
         try:
             action = self.policy.select_action(obs)
             score = self.policy.refusal_score
         except Exception as e:  # the policy must never take the node down
             self.get_logger().error(f"policy raised {type(e).__name__}: {e}")
+            self._policy_key = None  # start afresh at the next step
             with self.lock:
                 self.sup.policy_finished(f"{type(e).__name__}: {e}")
                 self._stop_now()
@@ -365,8 +372,11 @@ class PolicyNode(Node):
                 self.sup.refuse()
                 self._stop_now()
                 return
-            if not self.sup.may_publish(epoch, self._now()):
-                self.policy.reset()
+            if (
+                not self.sup.may_publish(epoch, self._now())
+                or self._instruction_epoch != key[1]  # the instruction changed meanwhile
+            ):
+                self._policy_key = None
                 self._stop_now()
                 return
             limits = Limits.from_params(self.p)

@@ -625,7 +625,10 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
     with pytest.raises(ConfigError, match="needs action_head 'regression'"):
         replace(config, action_head="tokens").check()
     with pytest.raises(ConfigError, match="action_chunk must be an int"):
-        replace(config, action_chunk=0).check()
+        replace(config, action_chunk=0, action_head="tokens").check()
+    tune = replace(config, out=str(tmp_path / "tune"), init_from=str(tmp_path / "reg"), steps=1)
+    with pytest.raises(ConfigError, match="predicts chunks of 3"):
+        train(replace(tune, action_chunk=5), progress=False)
 
 
 def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:

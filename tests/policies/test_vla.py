@@ -737,6 +737,9 @@ def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(
     VLAPolicy(pol.model, pol.processor, "argmax").save_pretrained(tmp_path / "tokens")
     tokens = VLAPolicy.from_pretrained(tmp_path / "tokens")
     assert tokens.action_decoding == "argmax" and tokens.model.config.action_chunk == 3
+    assert tokens.chunk_execution is None  # nothing to run: one action per call
+    with pytest.raises(ConfigError, match="needs the regression reading"):
+        VLAPolicy(tokens.model, tokens.processor, chunk_execution="newest")
     want = tokens.model.predict_action_tokens(**inputs)[0]
     assert tokens.model.predict_action_tokens(**inputs, chunk=True)[0].shape == (1, 1, 4)
     tokens.reset()
