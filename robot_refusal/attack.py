@@ -613,6 +613,8 @@ def attack(
         "condition_order": [n for n in order if n in conditions],
         "policy": str(cfg.policy),
         "checkpoint": ckpt,
+        "action_decoding": policy.action_decoding,  # how every condition read its actions
+        **({} if policy.chunk_execution is None else {"chunk_execution": policy.chunk_execution}),
         "direction": provenance.get("refusal"),
         "caution_direction": provenance.get("caution"),
         "extracted": provenance.get("extracted"),

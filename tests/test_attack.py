@@ -207,6 +207,7 @@ def test_attack_run_summary_videos_and_report(tmp_path: Path) -> None:
         assert {"refusal_score_mean", "kl_mean"} <= set(cond)
     for key in ("policy", "direction", "seed", "versions"):
         assert key in s
+    assert s["action_decoding"] == "argmax" and "chunk_execution" not in s  # vla-small's own
     c = s["conditions"]
     assert c["baseline"]["kl_mean"] == 0.0 and c["ablate"]["kl_mean"] > 0.0
     assert c["baseline"]["harmful"]["refusal_rate"] == 1.0
