@@ -251,12 +251,7 @@ class TrainConfig:
             raise ConfigError(f"regression_weight must be >= 0, got {self.regression_weight}")
         if self.state_velocity and self.action_space != "delta":
             raise ConfigError("state_velocity needs the delta action space")
-        check_action_chunking(self.action_chunk, 1, None, "regression")
-        if self.action_chunk != 1 and self.action_head != "regression":
-            raise ConfigError(
-                f"action_chunk {self.action_chunk} needs action_head 'regression': the token "
-                "head gives one action per call"
-            )
+        check_action_chunking(self.action_chunk, 1, None, self.action_head)
 
 
 @dataclass

@@ -302,6 +302,12 @@ def evaluate(
         raise UnknownNameError("split", split, SPLITS)
     families = list(dict.fromkeys(families))
     plan = plan_episodes(families, episodes, seed)
+    decoding: dict[str, str] = {}  # a checkpoint's action reading, its own or the override
+    if policy not in AGENTS:
+        loaded = load_policy(policy, keypoint_window, action_decoding, chunk_execution)
+        decoding["action_decoding"] = loaded.action_decoding
+        if loaded.chunk_execution is not None:
+            decoding["chunk_execution"] = loaded.chunk_execution
     config = {
         "command": "eval",
         "policy": policy,
@@ -317,9 +323,7 @@ def evaluate(
     if exact_keypoints:
         config["exact_keypoints"] = True
     if chunk_execution is not None:  # as the policy names it: "ensemble" is "ensemble:0.01"
-        config["chunk_execution"] = load_policy(
-            policy, keypoint_window, action_decoding, chunk_execution
-        ).chunk_execution
+        config["chunk_execution"] = decoding["chunk_execution"]
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]
@@ -332,12 +336,6 @@ def evaluate(
         "exact_keypoints": exact_keypoints,
         "chunk_execution": chunk_execution,
     }
-    decoding: dict[str, str] = {}  # a checkpoint's action reading, its own or the override
-    if policy not in AGENTS:
-        loaded = load_policy(policy, keypoint_window, action_decoding, chunk_execution)
-        decoding["action_decoding"] = loaded.action_decoding
-        if loaded.chunk_execution is not None:
-            decoding["chunk_execution"] = loaded.chunk_execution
     start = time.perf_counter()
     with tqdm(
         desc=f"eval {policy}",

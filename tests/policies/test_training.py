@@ -622,7 +622,7 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
     assert np.median(cos) > 0.5  # training frames: the head follows the expert's motion
     with pytest.raises(ConfigError, match="regression_weight"):
         replace(config, regression_weight=-1.0).check()
-    with pytest.raises(ConfigError, match="needs action_head 'regression'"):
+    with pytest.raises(ConfigError, match="needs the regression action head"):
         replace(config, action_head="tokens").check()
     with pytest.raises(ConfigError, match="action_chunk must be an int"):
         replace(config, action_chunk=0, action_head="tokens").check()
