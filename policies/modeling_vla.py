@@ -189,15 +189,20 @@ class ConvVisionEncoder(nn.Module):
             assert words is not None and word_mask is not None
             logits = torch.cat([self._grounded_logits(k, words, word_mask), logits], dim=1)
         pix = (h, w) if self.fine else (None, None)
-        ys, xs = cell_centres(k.shape[2], pix[0], k), cell_centres(k.shape[3], pix[1], k)
+        ys = cell_centres(k.shape[2], pix[0], pixel_values)  # float32, as the input
+        xs = cell_centres(k.shape[3], pix[1], pixel_values)
         window = self.config.keypoint_window
-        if window:
-            keypoints = local_soft_argmax(logits.unflatten(2, k.shape[2:]), xs, ys, window)
-        else:
-            heat = logits.softmax(-1)  # (B, K, h'*w')
-            fy = ys[:, None].expand(-1, k.shape[3]).flatten()
-            fx = xs[None, :].expand(k.shape[2], -1).flatten()
-            keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
+        # The keypoints' sub-pixel expectation stays in float32 under a bf16 autocast
+        # (``train --precision bf16``): bf16's 8-bit mantissa would round it by ~0.1 px.
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            logits, xs, ys = logits.float(), xs.float(), ys.float()
+            if window:
+                keypoints = local_soft_argmax(logits.unflatten(2, k.shape[2:]), xs, ys, window)
+            else:
+                heat = logits.softmax(-1)  # (B, K, h'*w')
+                fy = ys[:, None].expand(-1, k.shape[3]).flatten()
+                fx = xs[None, :].expand(k.shape[2], -1).flatten()
+                keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
         tokens = self.pool(x).flatten(2).transpose(1, 2)  # (B, side*side, C)
         return tokens, keypoints, logits.unflatten(2, k.shape[2:])
 

@@ -71,6 +71,9 @@ from the oldest chunk, so the newest prediction for a step weighs 39% and the on
 Measured on ``c-600`` (README, "Action chunks"; test split, 200 harmless episodes): 70.0%
 harmless success, against 56.0% for the newest chunk alone and 15.0% for ACT's 0.01, which
 on these delta actions averages ten stale predictions nearly uniformly."""
+PRECISIONS = ("fp32", "bf16")
+"""Training precisions (``TrainConfig.precision``): float32, or a bfloat16 autocast of the
+forward pass and loss (mixed precision, Micikevicius et al. 2018; weights stay float32)."""
 TARGET_KEYS = ("keypoint_labels", "action_values", "action_mask")
 """Keys of :class:`Batcher`'s batches that are targets, not ``forward`` inputs."""
 
@@ -165,6 +168,11 @@ class TrainConfig:
             another H > 1 is refused.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
+        precision: ``"fp32"`` or ``"bf16"``: the training forward pass and loss under
+            ``torch.autocast`` in bfloat16 (mixed precision: the weights, the optimizer, the
+            keypoint expectations and the validation stay float32; the checkpoint is
+            float32 and runs as any other). On a CPU with AVX512-BF16 or AMX the step is
+            faster (``benchmarks/train_step.py``); elsewhere it may be slower.
     """
 
     data: str
@@ -201,6 +209,7 @@ class TrainConfig:
     action_chunk: int = 1
     eval_every: int = 500
     threads: int = 2
+    precision: str = "fp32"
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for out-of-range values."""
@@ -252,6 +261,10 @@ class TrainConfig:
         if self.state_velocity and self.action_space != "delta":
             raise ConfigError("state_velocity needs the delta action space")
         check_action_chunking(self.action_chunk, 1, None, self.action_head)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
 
 @dataclass
@@ -701,7 +714,7 @@ def training_loss(
         out.loss = out.logits.sum() * 0.0
     loss = out.loss
     if label_sigma > 0 and valid.any():
-        logp = out.logits[:, -labels.shape[1] :].log_softmax(-1)  # (B, K, V)
+        logp = out.logits[:, -labels.shape[1] :].float().log_softmax(-1)  # (B, K, V)
         cfg = model.config
         target = soft_action_targets(labels, cfg.vocab_size, cfg.n_bins, label_sigma)
         loss = -(target * logp).sum(-1)[valid].mean()
@@ -859,16 +872,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         history.append({"step": 0, **evaluate_loss(model, val_b), "seconds": 0.0})
     while step < config.steps:
         idx = gen.choice(len(weights), size=config.batch_size, p=weights)
-        loss, token_ce, _ = training_loss(
-            model,
-            train_b(idx),
-            config.keypoint_weight,
-            config.label_sigma,
-            config.heatmap_weight,
-            config.metric_label_noise_px,
-            gen,
-            config.regression_weight,
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            loss, token_ce, _ = training_loss(
+                model,
+                train_b(idx),
+                config.keypoint_weight,
+                config.label_sigma,
+                config.heatmap_weight,
+                config.metric_label_noise_px,
+                gen,
+                config.regression_weight,
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -169,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         action_chunk=args.action_chunk,
         eval_every=args.eval_every,
         threads=args.threads,
+        precision=args.precision,
     )
     result = train(config, resume=args.resume, progress=not args.quiet)
     last = result["history"][-1] if result["history"] else {}
@@ -605,6 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: mixed-precision training (bfloat16 autocast; weights stay float32)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out>/last")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

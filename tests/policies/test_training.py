@@ -661,3 +661,45 @@ def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> N
     single, ones = chunk_targets(values, episode, acting, 1)
     assert np.array_equal(single[:, 0], np.where(acting[:, None], values, 0))
     assert np.array_equal(ones[:, 0], acting)
+
+
+def test_bf16_mixed_precision_trains_and_keeps_keypoints_and_weights_float32(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``precision="bf16"``: the loss falls as in float32, the saved weights are float32, and
+    under the autocast the keypoints' sub-pixel expectation is still computed in float32 (from
+    bf16 heatmap logits: within a small fraction of a pixel of the float32 forward)."""
+    from robot_refusal.policies.training import Batcher
+
+    base = replace(
+        _config(tiny_data, tmp_path / "fp32", 120),
+        grounded_keypoints=2,
+        metric_keypoints=4,
+        keypoint_stride=2,
+        heatmap_weight=1.0,
+    )
+    config = replace(base, out=str(tmp_path / "bf16"), precision="bf16")
+    result = train(config, progress=False)
+    reference = train(base, progress=False)
+    first, last = result["history"][0], result["history"][-1]
+    assert first == reference["history"][0]  # the same initial weights and validation
+    fp32 = reference["history"][-1]
+    assert last["val_loss"] < 0.75 * first["val_loss"], (first, last)
+    assert abs(last["val_loss"] - fp32["val_loss"]) < 0.1 * fp32["val_loss"], (last, fp32)
+    weights = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    policy = VLAPolicy.from_pretrained(tmp_path / "bf16")
+    data = load_tensors(load_dataset(tiny_data))
+    batch = Batcher(data, policy.processor)(np.arange(0, len(data.states), 5))
+    inputs = {k: v for k, v in batch.items() if k not in TARGET_KEYS}
+    with torch.no_grad():
+        exact = policy.model(**inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = policy.model(**inputs)
+    assert mixed.keypoints is not None and exact.keypoints is not None
+    assert mixed.keypoints.dtype == torch.float32 and mixed.heatmap_logits.dtype == torch.float32
+    half_width = (policy.model.config.image_size - 1) / 2
+    px = float((mixed.keypoints - exact.keypoints).abs().max()) * half_width
+    assert 0.0 < px < 0.5, px  # bf16 convolutions, float32 expectation
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
+        replace(config, precision="fp16").check()
