@@ -189,13 +189,15 @@ class ConvVisionEncoder(nn.Module):
             assert words is not None and word_mask is not None
             logits = torch.cat([self._grounded_logits(k, words, word_mask), logits], dim=1)
         pix = (h, w) if self.fine else (None, None)
-        ys = cell_centres(k.shape[2], pix[0], pixel_values)  # float32, as the input
+        ys = cell_centres(k.shape[2], pix[0], pixel_values)
         xs = cell_centres(k.shape[3], pix[1], pixel_values)
         window = self.config.keypoint_window
-        # The keypoints' sub-pixel expectation stays in float32 under a bf16 autocast
-        # (``train --precision bf16``): bf16's 8-bit mantissa would round it by ~0.1 px.
+        # The keypoints' sub-pixel expectation stays in at least float32 under a bf16
+        # autocast (``train --precision bf16``): bf16's 8-bit mantissa would round it by
+        # ~0.1 px. A float64 model keeps float64.
+        wide = torch.promote_types(logits.dtype, torch.float32)
         with torch.autocast(pixel_values.device.type, enabled=False):
-            logits, xs, ys = logits.float(), xs.float(), ys.float()
+            logits, xs, ys = logits.to(wide), xs.to(wide), ys.to(wide)
             if window:
                 keypoints = local_soft_argmax(logits.unflatten(2, k.shape[2:]), xs, ys, window)
             else:

@@ -714,7 +714,8 @@ def training_loss(
         out.loss = out.logits.sum() * 0.0
     loss = out.loss
     if label_sigma > 0 and valid.any():
-        logp = out.logits[:, -labels.shape[1] :].float().log_softmax(-1)  # (B, K, V)
+        logits = out.logits[:, -labels.shape[1] :]  # bf16 under autocast: widen first
+        logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
         cfg = model.config
         target = soft_action_targets(labels, cfg.vocab_size, cfg.n_bins, label_sigma)
         loss = -(target * logp).sum(-1)[valid].mean()
