@@ -1,14 +1,14 @@
 """Time of one `robot-refusal train` step in float32 and in bfloat16 mixed precision, side by side.
 
-Run: ``python benchmarks/train_step.py --data DIR [--steps 20] [--threads 2] [--batch-size 64]``.
-Two copies of one freshly initialised model (the recipe of the README's best run: grounded and
-metric keypoints with both ray cuts, the fine keypoint head, heatmap loss, a regression head
-over chunks of ten actions) train on the same batches, step by step alternating, one in
-float32 and one under ``torch.autocast("cpu", dtype=torch.bfloat16)``
-(``train --precision bf16``). The table gives the median ms per step of each, their ratio and
-the training loss each reached, so the speed-up and what it costs in the fit are read from one
-run. bfloat16 is fast only on CPUs with AVX512-BF16 or AMX; elsewhere the ratio shows it.
-"""
+Run: ``python benchmarks/train_step.py --data DIR [--steps 20] [--block 5] [--threads 2]
+[--batch-size 64]``. Two copies of one freshly initialised model (the recipe of the README's best
+run, ``c-600``: grounded and metric keypoints, the fine keypoint head, heatmap loss, a regression
+head over chunks of ten actions) train on the same batches, one in float32 and one under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (``train --precision bf16``), taking turns in
+blocks of ``--block`` steps (a block of 1 alternates every step, so each step may start with the
+other run's weights in the caches). The table gives the median ms per step of each, their ratio and
+the training loss each reached, so the speed-up and what it costs in the fit are read from one run.
+bfloat16 is fast only on CPUs with AVX512-BF16 or AMX; elsewhere the ratio shows it."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a robot-refusal collect dataset folder")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per precision")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per precision")
+    parser.add_argument("--block", type=int, default=5, help="steps in a row per precision")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per step")
     args = parser.parse_args()
@@ -48,7 +49,6 @@ def main() -> None:
         grounded_keypoints=2,
         heatmap_weight=1.0,
         metric_keypoints=4,
-        metric_upper_plane_height=0.12,
         keypoint_stride=2,
         metric_label_noise_px=0.5,
         action_head="regression",
@@ -64,31 +64,39 @@ def main() -> None:
     opts = {k: torch.optim.AdamW(m.parameters(), lr=config.lr) for k, m in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
     losses: dict[str, float] = {}
+    if args.steps < 1 or args.block < 1 or args.warmup < 0:
+        parser.error("--steps and --block must be >= 1 and --warmup >= 0")
     gen = np.random.default_rng(0)
-    for i in range(args.warmup + args.steps):
-        idx = gen.choice(len(data.states), size=config.batch_size)
-        batch = batches(idx)
-        noise_seed = int(gen.integers(2**31))
+    total = args.warmup + args.steps
+    plan = [
+        (int(gen.integers(2**31)), gen.choice(len(data.states), size=config.batch_size))
+        for _ in range(total)
+    ]  # (noise seed, frame indices) per step: both precisions see the same batches
+    for start in range(0, total, args.block):
+        block = range(start, min(start + args.block, total))
         for name, net in runs.items():
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                loss, _, _ = training_loss(
-                    net,
-                    batch,
-                    config.keypoint_weight,
-                    config.label_sigma,
-                    config.heatmap_weight,
-                    config.metric_label_noise_px,
-                    np.random.default_rng(noise_seed),
-                    config.regression_weight,
-                )
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opts[name].step()
-            if i >= args.warmup:
-                times[name].append(1000 * (time.perf_counter() - t0))
-            losses[name] = float(loss.detach())
+            for i in block:
+                noise_seed, idx = plan[i]
+                batch = batches(idx)
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                    loss, _, _ = training_loss(
+                        net,
+                        batch,
+                        config.keypoint_weight,
+                        config.label_sigma,
+                        config.heatmap_weight,
+                        config.metric_label_noise_px,
+                        np.random.default_rng(noise_seed),
+                        config.regression_weight,
+                    )
+                opts[name].zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opts[name].step()
+                if i >= args.warmup:
+                    times[name].append(1000 * (time.perf_counter() - t0))
+                losses[name] = float(loss.detach())
     params = sum(p.numel() for p in model.parameters())
     print(
         f"{args.data}: {len(data.states)} frames, {params / 1e6:.2f}M parameters, batch "
