@@ -172,7 +172,9 @@ class TrainConfig:
             ``torch.autocast`` in bfloat16 (mixed precision: the weights, the optimizer, the
             keypoint expectations and the validation stay float32; the checkpoint is
             float32 and runs as any other). On a CPU with AVX512-BF16 or AMX the step is
-            faster (``benchmarks/train_step.py``); elsewhere it may be slower.
+            faster (``benchmarks/train_step.py``); elsewhere it may be slower. Measured on
+            ``c-600``'s recipe (README, "Mixed-precision training"): 1.39x faster, the same
+            validation curve, but 40.5% closed-loop success against float32's 70.0%.
     """
 
     data: str
