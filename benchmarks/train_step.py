@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per step")
     args = parser.parse_args()
+    if args.steps < 1 or args.block < 1 or args.warmup < 0:
+        parser.error("--steps and --block must be >= 1 and --warmup >= 0")
     torch.set_num_threads(args.threads)
     config = TrainConfig(
         data=args.data,
@@ -64,8 +66,6 @@ def main() -> None:
     opts = {k: torch.optim.AdamW(m.parameters(), lr=config.lr) for k, m in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
     losses: dict[str, float] = {}
-    if args.steps < 1 or args.block < 1 or args.warmup < 0:
-        parser.error("--steps and --block must be >= 1 and --warmup >= 0")
     gen = np.random.default_rng(0)
     total = args.warmup + args.steps
     plan = [
@@ -74,10 +74,10 @@ def main() -> None:
     ]  # (noise seed, frame indices) per step: both precisions see the same batches
     for start in range(0, total, args.block):
         block = range(start, min(start + args.block, total))
+        built = {i: batches(plan[i][1]) for i in block}  # once per step, for both precisions
         for name, net in runs.items():
             for i in block:
-                noise_seed, idx = plan[i]
-                batch = batches(idx)
+                noise_seed, batch = plan[i][0], built[i]
                 t0 = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
                     loss, _, _ = training_loss(
