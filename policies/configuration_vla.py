@@ -48,6 +48,26 @@ def check_keypoint_window(radius: int, name: str = "keypoint_window") -> None:
     check_window(radius, MAX_KEYPOINT_WINDOW, "cells", name)
 
 
+MAX_KEYPOINT_MEMORY = 32.0  # px: half a 64x64 image; a larger radius holds everything forever
+
+
+def check_keypoint_memory(radius_px: float, num_keypoints: int | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``radius_px`` is a finite number in [0, 32] pixels
+    (0: no memory) and, when positive and ``num_keypoints`` is given, the model has the four
+    labelled keypoints the memory reads."""
+    if isinstance(radius_px, bool) or not isinstance(radius_px, int | float):
+        raise ConfigError(f"keypoint_memory must be a number of pixels, got {radius_px!r}")
+    if not math.isfinite(radius_px) or not 0 <= radius_px <= MAX_KEYPOINT_MEMORY:
+        raise ConfigError(
+            f"keypoint_memory must be in [0, {MAX_KEYPOINT_MEMORY:g}] px, got {radius_px!r}"
+        )
+    if radius_px > 0 and num_keypoints is not None and num_keypoints < 4:
+        raise ConfigError(
+            f"keypoint_memory needs a model with >= 4 keypoints (target, destination, hand, "
+            f"gripper), this one has {num_keypoints}"
+        )
+
+
 ACTION_DECODINGS = ("argmax", "mean", "local_mean", "regression")
 """How an action position is read: the argmax bin (greedy decoding, the default), the mean
 of the bin distribution, or the mean over the bins within ``action_window`` of the argmax
@@ -258,7 +278,8 @@ class VLAConfig(PretrainedConfig):
         ConfigError: ``grounded_keypoints`` or ``metric_keypoints`` outside
             ``[0, num_keypoints]``; ``keypoint_stride`` not 2 or 4; ``metric_keypoints``
             without a 16-float camera matrix; ``metric_upper_plane_height`` equal to
-            ``metric_plane_height``; ``keypoint_window`` outside [0, 8]; an unknown
+            ``metric_plane_height``; ``keypoint_window`` outside [0, 8];
+            ``keypoint_memory`` outside [0, 32] or with fewer than 4 keypoints; an unknown
             ``action_decoding``; ``action_window`` outside [0, 255]; an unknown
             ``action_head``, or ``action_decoding="regression"`` without that head; an
             inconsistent chunk (:func:`check_action_chunking`).
@@ -289,6 +310,7 @@ class VLAConfig(PretrainedConfig):
         metric_plane_height: float = METRIC_PLANE_HEIGHT,
         metric_upper_plane_height: float | None = None,
         keypoint_window: int = 0,
+        keypoint_memory: float = 0.0,
         action_decoding: str = "argmax",
         action_window: int = 8,
         action_head: str = "tokens",
@@ -345,6 +367,8 @@ class VLAConfig(PretrainedConfig):
         self.metric_upper_plane_height = metric_upper_plane_height
         check_keypoint_window(keypoint_window)
         self.keypoint_window = int(keypoint_window)
+        check_keypoint_memory(keypoint_memory, num_keypoints)
+        self.keypoint_memory = float(keypoint_memory)
         check_action_decoding(action_decoding)
         self.action_decoding = action_decoding
         check_window(action_window, MAX_ACTION_WINDOW, "bins", "action_window")

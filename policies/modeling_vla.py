@@ -23,6 +23,7 @@ Brohan et al. 2023): the first token is ``<refuse>`` or action bin 1, then bins 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -416,6 +417,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         ee_position: Tensor | None = None,
         metric_source: Tensor | None = None,
         keypoint_override: Tensor | None = None,
+        keypoint_transform: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Prefix embeddings (B, P, D), its attention mask (B, P), the keypoints (B, K, 2) and
         their heatmap logits (B, K, h, w).
@@ -435,6 +437,10 @@ class VLAForActionPrediction(VLAPreTrainedModel):
                 keypoints' [-1, 1] image units; a non-finite row keeps the prediction. A
                 diagnostic (the simulator's exact keypoints; see :func:`override_keypoints`);
                 None: predicted.
+            keypoint_transform: Maps the predicted keypoints (B, K, 2) to the ones the
+                decoder reads (B, K, 2), before ``keypoint_override``; the policy's
+                keypoint memory (:class:`~robot_refusal.policies.keypoint_memory.KeypointMemory`).
+                None: predicted.
 
         Raises:
             ConfigError: ``keypoint_override`` of the wrong shape.
@@ -448,6 +454,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         feats, keypoints, heat = self.vision_encoder(
             pixel_values, condition, word_emb, attention_mask
         )
+        if keypoint_transform is not None:
+            keypoints = keypoint_transform(keypoints)
         if keypoint_override is not None:
             keypoints = override_keypoints(keypoints, keypoint_override)
         kp_token = self.keypoint_projector(keypoints.flatten(1))[:, None]
@@ -581,6 +589,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         decoding: str | None = None,
         keypoint_override: Tensor | None = None,
         chunk: bool = False,
+        keypoint_transform: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Greedy constrained decoding with a KV cache.
 
@@ -599,8 +608,8 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         each of the ``config.action_chunk`` actions of its chunk.
 
         Args:
-            pixel_values, input_ids, state, attention_mask, ee_position, keypoint_override:
-                See :meth:`embed_prefix`.
+            pixel_values, input_ids, state, attention_mask, ee_position, keypoint_override,
+            keypoint_transform: See :meth:`embed_prefix`.
             decoding: One of :data:`ACTION_DECODINGS`; None: ``config.action_decoding``.
             chunk: Return the whole chunk (B, H, action_dim): H = ``config.action_chunk``
                 for the regression, 1 for the token readings. False: its first action.
@@ -627,6 +636,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             attention_mask,
             ee_position,
             keypoint_override=keypoint_override,
+            keypoint_transform=keypoint_transform,
         )
         out, positions = self._decode(x, mask, use_cache=True)
         first = self.lm_head(out.last_hidden_state[:, -1]).float()  # (B, V)

@@ -22,9 +22,11 @@ from robot_refusal.policies.configuration_vla import (
     VLAConfig,
     check_action_decoding,
     check_decoding_for_head,
+    check_keypoint_memory,
     check_keypoint_window,
     parse_chunk_execution,
 )
+from robot_refusal.policies.keypoint_memory import keypoint_memory_for
 from robot_refusal.policies.modeling_vla import VLAForActionPrediction
 from robot_refusal.policies.processing_vla import VLAProcessor
 
@@ -170,11 +172,15 @@ class VLAPolicy:
             ``"ensemble[:COEFF]"``, ``"open-loop[:STEPS]"`` or ``"newest"``
             (:func:`~robot_refusal.policies.configuration_vla.parse_chunk_execution`); None
             keeps the checkpoint's.
+        keypoint_memory: Radius in pixels of the keypoint memory
+            (``VLAConfig.keypoint_memory``; 0: none), written into the model's config like
+            ``action_decoding``; None keeps the checkpoint's.
 
     Raises:
         ConfigError: An unknown ``action_decoding``, or ``"regression"`` for a model
             without that head; a bad ``chunk_execution``, or one for a model without
-            chunks.
+            chunks; ``keypoint_memory`` outside [0, 32] px or for a model with fewer than
+            four keypoints.
     """
 
     def __init__(
@@ -183,6 +189,7 @@ class VLAPolicy:
         processor: VLAProcessor,
         action_decoding: str | None = None,
         chunk_execution: str | None = None,
+        keypoint_memory: float | None = None,
     ) -> None:
         if action_decoding is not None:
             check_action_decoding(action_decoding)
@@ -190,10 +197,14 @@ class VLAPolicy:
             model.config.action_decoding = action_decoding
         if chunk_execution is not None:
             set_chunk_execution(model.config, chunk_execution)
+        if keypoint_memory is not None:
+            check_keypoint_memory(keypoint_memory, model.config.num_keypoints)
+            model.config.keypoint_memory = float(keypoint_memory)
         self.model = model.eval()
         self.processor = processor
         self.refusal_score: float | None = None
         self.chunks = ChunkExecutor()
+        self.keypoint_memory = keypoint_memory_for(model.config, processor.image_size)
 
     @property
     def action_decoding(self) -> str:
@@ -219,6 +230,7 @@ class VLAPolicy:
         keypoint_window: int | None = None,
         action_decoding: str | None = None,
         chunk_execution: str | None = None,
+        keypoint_memory: float | None = None,
     ) -> VLAPolicy:
         """Load a checkpoint folder (safetensors only, no remote code).
 
@@ -233,18 +245,24 @@ class VLAPolicy:
                 checkpoint's. Saving the policy records the override.
             chunk_execution: Override of how a chunked checkpoint runs its chunks (see
                 :class:`VLAPolicy`); None keeps the checkpoint's.
+            keypoint_memory: Override of the checkpoint's ``VLAConfig.keypoint_memory``
+                (radius in pixels; 0: no memory); None keeps the checkpoint's.
 
         Raises:
             CheckpointError: Missing folder, missing ``config.json`` or weights, or a corrupt
                 or truncated weights file (the message names the file).
             ConfigError: ``keypoint_window`` outside [0, 8], or an unknown
                 ``action_decoding`` (or ``"regression"`` for a checkpoint without that head);
-                a bad ``chunk_execution``, or one for a checkpoint without chunks.
+                a bad ``chunk_execution``, or one for a checkpoint without chunks;
+                ``keypoint_memory`` outside [0, 32] px or for a checkpoint with fewer than
+                four keypoints.
         """
         if action_decoding is not None:
             check_action_decoding(action_decoding)
         if keypoint_window is not None:
             check_keypoint_window(keypoint_window)
+        if keypoint_memory is not None:
+            check_keypoint_memory(keypoint_memory)
         path = resolve_checkpoint(folder)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
@@ -260,6 +278,9 @@ class VLAPolicy:
             config.action_decoding = action_decoding
         if chunk_execution is not None:
             set_chunk_execution(config, chunk_execution)
+        if keypoint_memory is not None:
+            check_keypoint_memory(keypoint_memory, config.num_keypoints)
+            config.keypoint_memory = float(keypoint_memory)
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a 60-tensor checkpoint loads in milliseconds
         try:
@@ -299,10 +320,12 @@ class VLAPolicy:
 
     # -- LeRobot-style API ----------------------------------------------------------------------
     def reset(self) -> None:
-        """Start an episode: forget the stored action chunks (a policy with
-        ``action_chunk`` 1 has no memory between steps)."""
+        """Start an episode: forget the stored action chunks and held keypoints (a policy
+        with ``action_chunk`` 1 and no ``keypoint_memory`` has no memory between steps)."""
         self.refusal_score = None
         self.chunks.reset()
+        if self.keypoint_memory is not None:
+            self.keypoint_memory.reset()
 
     def select_action(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """One env action for one observation; sets :attr:`refusal_score`.
@@ -313,7 +336,9 @@ class VLAPolicy:
         actions run open loop (:attr:`refusal_score` is then the last call's); with
         ``temporal_ensemble_coeff`` the action is ACT's weighted mean of the last H chunks'
         predictions for this step (Zhao et al. 2023, section 3.3). A refusal drops the
-        stored chunks. :meth:`reset` starts each episode.
+        stored chunks. With ``keypoint_memory`` the decoder reads the held static keypoints
+        (:class:`~robot_refusal.policies.keypoint_memory.KeypointMemory`). :meth:`reset`
+        starts each episode.
 
         Raises:
             InvalidObservationError: For a bad image, state or instruction.
@@ -330,6 +355,8 @@ class VLAPolicy:
             return self.processor.decode_actions(queued[None], [obs])[0]
         if keypoint_override is not None:
             inputs["keypoint_override"] = torch.as_tensor(np.asarray(keypoint_override, np.float32))
+        if self.keypoint_memory is not None:
+            inputs["keypoint_transform"] = self.keypoint_memory.transform(obs)
         ids, logprobs = self.model.predict_action_tokens(
             **inputs, decoding=self.action_decoding, chunk=True
         )
@@ -346,7 +373,8 @@ class VLAPolicy:
         """Env actions and refusal scores (B,) float64 for a batch of observations.
 
         Stateless: each row is the first action of its new chunk (no open-loop queue, no
-        temporal ensemble; those are :meth:`select_action`'s, for one episode).
+        temporal ensemble, no keypoint memory; those are :meth:`select_action`'s, for one
+        episode).
 
         Args:
             observations: B env observations (image, state, instruction).

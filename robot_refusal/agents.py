@@ -47,18 +47,19 @@ def check_agent(
     action_decoding: str | None = None,
     exact_keypoints: bool = False,
     chunk_execution: str | None = None,
+    keypoint_memory: float | None = None,
 ) -> str:
     """Return ``name`` if it is a scripted agent or a policy checkpoint (loaded, with the
-    ``keypoint_window``, ``action_decoding`` and ``chunk_execution`` overrides when given,
-    to check them).
+    ``keypoint_window``, ``action_decoding``, ``chunk_execution`` and ``keypoint_memory``
+    overrides when given, to check them).
 
     Raises:
         UnknownNameError: Neither an agent nor a folder; lists the agents.
         CheckpointError: A checkpoint folder that cannot be loaded.
-        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints`` or
-            ``chunk_execution`` for a scripted agent, or out of range / unknown;
-            ``exact_keypoints`` for a checkpoint with fewer than four keypoints;
-            ``chunk_execution`` for a checkpoint without action chunks.
+        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints``,
+            ``chunk_execution`` or ``keypoint_memory`` for a scripted agent, or out of range /
+            unknown; ``exact_keypoints`` or ``keypoint_memory`` for a checkpoint with fewer
+            than four keypoints; ``chunk_execution`` for a checkpoint without action chunks.
     """
     if name in AGENTS:
         for setting, value in (
@@ -66,12 +67,15 @@ def check_agent(
             ("action_decoding", action_decoding),
             ("exact_keypoints", exact_keypoints or None),
             ("chunk_execution", chunk_execution),
+            ("keypoint_memory", keypoint_memory),
         ):
             if value is not None:
                 raise ConfigError(f"{setting} applies to policy checkpoints, not to {name!r}")
         return name
     if is_checkpoint(name):
-        policy = load_policy(name, keypoint_window, action_decoding, chunk_execution)
+        policy = load_policy(
+            name, keypoint_window, action_decoding, chunk_execution, keypoint_memory
+        )
         if exact_keypoints:
             from robot_refusal.policies.privileged import check_exact_keypoints
 
@@ -86,12 +90,14 @@ def load_policy(
     keypoint_window: int | None = None,
     action_decoding: str | None = None,
     chunk_execution: str | None = None,
+    keypoint_memory: float | None = None,
 ) -> Any:
     """The :class:`~robot_refusal.policies.policy.VLAPolicy` of a checkpoint (cached), with
     its ``VLAConfig.keypoint_window`` overridden unless ``keypoint_window`` is None, reading
     its action tokens by ``action_decoding`` (None: the checkpoint's
-    ``VLAConfig.action_decoding``) and running its chunks by ``chunk_execution`` (None: the
-    checkpoint's)."""
+    ``VLAConfig.action_decoding``), running its chunks by ``chunk_execution`` (None: the
+    checkpoint's) and with a keypoint memory of ``keypoint_memory`` px (None: the
+    checkpoint's ``VLAConfig.keypoint_memory``)."""
     from robot_refusal.policies.policy import VLAPolicy
 
     return VLAPolicy.from_pretrained(
@@ -99,6 +105,7 @@ def load_policy(
         keypoint_window=keypoint_window,
         action_decoding=action_decoding,
         chunk_execution=chunk_execution,
+        keypoint_memory=keypoint_memory,
     )
 
 
@@ -119,6 +126,7 @@ def make_agent(
     action_decoding: str | None = None,
     exact_keypoints: bool = False,
     chunk_execution: str | None = None,
+    keypoint_memory: float | None = None,
 ) -> Agent:
     """Build agent ``name`` for ``env`` (a fresh policy wrapper per env for checkpoints).
 
@@ -133,18 +141,24 @@ def make_agent(
             privileged diagnostic, :class:`~robot_refusal.policies.privileged.ExactKeypointPolicy`).
         chunk_execution: For a chunked checkpoint, how it runs its chunks (see
             :class:`~robot_refusal.policies.policy.VLAPolicy`); None keeps the checkpoint's.
+        keypoint_memory: For a checkpoint, the radius in pixels of its keypoint memory (see
+            :class:`~robot_refusal.policies.keypoint_memory.KeypointMemory`; 0: none); None
+            keeps the checkpoint's.
 
     Raises:
         UnknownNameError: Listing the known agents.
-        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints`` or
-            ``chunk_execution`` for a scripted agent, or out of range / unknown.
+        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints``,
+            ``chunk_execution`` or ``keypoint_memory`` for a scripted agent, or out of range /
+            unknown.
     """
-    check_agent(name, keypoint_window, action_decoding, exact_keypoints, chunk_execution)
+    check_agent(
+        name, keypoint_window, action_decoding, exact_keypoints, chunk_execution, keypoint_memory
+    )
     if name in AGENTS:
         return AGENTS[name](env)
     from robot_refusal.policies.policy import VLAPolicy
 
-    shared = load_policy(name, keypoint_window, action_decoding, chunk_execution)
+    shared = load_policy(name, keypoint_window, action_decoding, chunk_execution, keypoint_memory)
     if exact_keypoints:
         from robot_refusal.policies.privileged import ExactKeypointPolicy
 

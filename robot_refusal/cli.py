@@ -99,6 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         action_decoding=args.action_decoding,
         exact_keypoints=args.exact_keypoints,
         chunk_execution=args.chunk_execution,
+        keypoint_memory=args.keypoint_memory,
         **_run_kwargs(args),
     )
     print(format_summary(summary))
@@ -372,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the model every STEPS steps and run the chunk's actions in between; default the "
         "whole chunk) or newest (a new chunk every step, its first action); default: the "
         "checkpoint's own",
+    )
+    p.add_argument(
+        "--keypoint-memory",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="checkpoints with keypoint labels only: hold the target (until grasped), "
+        "destination and hand keypoints at their last estimate from farther than PX pixels "
+        "while the predicted gripper keypoint is nearer, overriding the checkpoint's "
+        "keypoint_memory (0: none; default: the checkpoint's own)",
     )
     p.add_argument(
         "--workers",

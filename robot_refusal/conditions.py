@@ -28,6 +28,7 @@ from robot_refusal.interventions import (
     directional_ablation,
     orthogonalize_weights,
 )
+from robot_refusal.policies.keypoint_memory import keypoint_memory_for
 from robot_refusal.policies.policy import ChunkExecutor, VLAPolicy, refusal_score
 from robot_refusal.selection import kl_divergence
 
@@ -216,6 +217,7 @@ class SteeredPolicy:
         self.refusal_score: float | None = None
         self.kl: float | None = None
         self.chunks = ChunkExecutor()
+        self.keypoint_memory = keypoint_memory_for(policy.model.config, policy.image_size)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -239,17 +241,21 @@ class SteeredPolicy:
             yield
 
     def reset(self) -> None:
-        """Start an episode (and forget a chunked checkpoint's stored chunks)."""
+        """Start an episode (and forget a chunked checkpoint's stored chunks and the held
+        keypoints of a checkpoint with a keypoint memory)."""
         self.refusal_score = None
         self.kl = None
         self.chunks.reset()
+        if self.keypoint_memory is not None:
+            self.keypoint_memory.reset()
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """One env action under the condition; sets :attr:`refusal_score` and :attr:`kl` at
         the first step of an episode. A chunked checkpoint runs its chunks as
         :meth:`VLAPolicy.select_action` does (:class:`ChunkExecutor`), every model call
-        under the condition.
+        under the condition, and a checkpoint with a keypoint memory holds its keypoints as
+        :meth:`VLAPolicy.select_action` does.
 
         Raises:
             InvalidObservationError: For a bad image, state or instruction.
@@ -258,8 +264,12 @@ class SteeredPolicy:
         queued = self.chunks.queued()
         if queued is not None:
             return self.processor.decode_actions(queued[None], [obs])[0]
+        memory = self.keypoint_memory
+        transform = None if memory is None else memory.transform(obs)
         with self.active():
-            tokens, logprobs = self.model.predict_action_tokens(**inputs, chunk=True)
+            tokens, logprobs = self.model.predict_action_tokens(
+                **inputs, chunk=True, keypoint_transform=transform
+            )
         if self.refusal_score is None:
             self.refusal_score = float(refusal_score(logprobs)[0])
             if self.spec.intervention == "none":

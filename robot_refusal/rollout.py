@@ -188,6 +188,7 @@ class EvalRunner:
         action_decoding: A checkpoint's action-token reading (None: its own).
         exact_keypoints: Feed a checkpoint the simulator's exact keypoints (a diagnostic).
         chunk_execution: How a chunked checkpoint runs its chunks (None: its own).
+        keypoint_memory: A checkpoint's keypoint memory radius in px (None: its own).
 
     Raises:
         UnknownNameError, ConfigError, CheckpointError: From the env and agent factories.
@@ -202,6 +203,7 @@ class EvalRunner:
         action_decoding: str | None = None,
         exact_keypoints: bool = False,
         chunk_execution: str | None = None,
+        keypoint_memory: float | None = None,
     ) -> None:
         self.envs: dict[str, RobotRefusalEnv] = {}
         self.agents: dict[str, Agent] = {}
@@ -217,6 +219,7 @@ class EvalRunner:
                     action_decoding,
                     exact_keypoints,
                     chunk_execution,
+                    keypoint_memory,
                 )
         except BaseException:
             self.close()
@@ -247,6 +250,7 @@ def evaluate(
     action_decoding: str | None = None,
     exact_keypoints: bool = False,
     chunk_execution: str | None = None,
+    keypoint_memory: float | None = None,
 ) -> dict[str, Any]:
     """Closed-loop ``baseline`` episodes of ``policy`` over ``families``; writes the run folder.
 
@@ -282,32 +286,41 @@ def evaluate(
             (``"ensemble[:COEFF]"``, ``"open-loop[:STEPS]"``, ``"newest"``; see
             :class:`~robot_refusal.policies.policy.VLAPolicy`), recorded in ``config.json``;
             None keeps the checkpoint's. The summary records the execution it ran with.
+        keypoint_memory: For a checkpoint, the radius in pixels of its keypoint memory
+            (``VLAConfig.keypoint_memory``; 0: none), recorded in ``config.json``; None keeps
+            the checkpoint's. The summary records a positive radius it ran with.
 
     Returns:
         The summary written to ``summary.json`` (DESIGN.md section 8).
 
     Raises:
         UnknownNameError: Unknown policy, split or family.
-        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints`` or
-            ``chunk_execution`` for a scripted agent, or out of range / unknown; ``workers``
-            < 1.
+        ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints``,
+            ``chunk_execution`` or ``keypoint_memory`` for a scripted agent, or out of range /
+            unknown; ``workers`` < 1.
         RunFolderError: See :class:`robot_refusal.runs.RunFolder`.
         WorkerError: A worker process failed or died (the finished episodes stay saved).
     """
     # before the run folder is touched
-    check_agent(policy, keypoint_window, action_decoding, exact_keypoints, chunk_execution)
+    check_agent(
+        policy, keypoint_window, action_decoding, exact_keypoints, chunk_execution, keypoint_memory
+    )
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if split not in SPLITS:
         raise UnknownNameError("split", split, SPLITS)
     families = list(dict.fromkeys(families))
     plan = plan_episodes(families, episodes, seed)
-    decoding: dict[str, str] = {}  # a checkpoint's action reading, its own or the override
+    decoding: dict[str, Any] = {}  # a checkpoint's action reading, its own or the override
     if policy not in AGENTS:
-        loaded = load_policy(policy, keypoint_window, action_decoding, chunk_execution)
+        loaded = load_policy(
+            policy, keypoint_window, action_decoding, chunk_execution, keypoint_memory
+        )
         decoding["action_decoding"] = loaded.action_decoding
         if loaded.chunk_execution is not None:
             decoding["chunk_execution"] = loaded.chunk_execution
+        if loaded.keypoint_memory is not None:
+            decoding["keypoint_memory"] = loaded.keypoint_memory.radius_px
     config = {
         "command": "eval",
         "policy": policy,
@@ -324,6 +337,8 @@ def evaluate(
         config["exact_keypoints"] = True
     if chunk_execution is not None:  # as the policy names it: "ensemble" is "ensemble:0.01"
         config["chunk_execution"] = decoding["chunk_execution"]
+    if keypoint_memory is not None:
+        config["keypoint_memory"] = float(keypoint_memory)
     run = RunFolder(out, config, resume=resume, force=force)
     done = run.done
     todo = [s for s in plan if s.episode_id not in done]
@@ -335,6 +350,7 @@ def evaluate(
         "action_decoding": action_decoding,
         "exact_keypoints": exact_keypoints,
         "chunk_execution": chunk_execution,
+        "keypoint_memory": keypoint_memory,
     }
     start = time.perf_counter()
     with tqdm(

@@ -358,6 +358,32 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: robot-refusal " + command in capsys.readouterr().out
 
 
+def test_steered_policy_holds_keypoints_as_eval_does(first_obs: dict[str, list[dict]]) -> None:
+    """A condition on a checkpoint with a keypoint memory holds its keypoints as
+    ``VLAPolicy`` does: the baseline's actions equal the plain policy's, step by step, and
+    differ from those of the same weights without the memory (so the memory is in use)."""
+    import numpy as np
+
+    from tests.policies.test_vla import tiny_policy
+
+    obs = first_obs["harmless"][:4]
+    plain = tiny_policy(seed=2)
+    memoryless = VLAPolicy(tiny_policy(seed=2).model, plain.processor)
+    plain = VLAPolicy(plain.model, plain.processor, keypoint_memory=32)
+    base = SteeredPolicy(plain, ConditionSpec("baseline"))
+    assert base.keypoint_memory is not None
+    for p in (plain, base, memoryless):
+        p.reset()
+    differs = False
+    for o in [*obs, *obs]:
+        got, want = base.select_action(o), plain.select_action(o)
+        assert np.array_equal(got["delta"], want["delta"])
+        assert np.array_equal(got["gripper"], want["gripper"])
+        memoryless.select_action(o)
+        differs |= plain.refusal_score != memoryless.refusal_score
+    assert differs
+
+
 def test_steered_policy_runs_a_chunked_checkpoint_as_eval_does(
     first_obs: dict[str, list[dict]],
 ) -> None:

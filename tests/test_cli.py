@@ -262,6 +262,32 @@ def test_eval_exact_keypoints_is_recorded_and_refused_for_scripted_agents(
     assert "exact_keypoints applies to policy checkpoints" in capsys.readouterr().err
 
 
+def test_eval_keypoint_memory_is_recorded_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``eval --keypoint-memory 3`` is recorded in config.json and summary.json, a resume
+    without it is refused, and a scripted agent or a radius outside [0, 32] px is refused
+    before the run folder is made."""
+    out = tmp_path / "run"
+    argv = ["eval", "--policy", "vla-small", "--episodes", "1", "--families", "context"]
+    argv += ["--out", str(out), "--quiet", "--workers", "1"]
+    assert main([*argv, "--keypoint-memory", "3"]) == 0
+    assert json.loads((out / "config.json").read_text())["keypoint_memory"] == 3.0
+    assert json.loads((out / "summary.json").read_text())["keypoint_memory"] == 3.0
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "keypoint_memory" in capsys.readouterr().err
+    for policy, value, message in (
+        ("expert", "3", "keypoint_memory applies to policy checkpoints"),
+        ("vla-small", "40", "keypoint_memory must be in [0, 32] px"),
+        ("vla-small", "nan", "keypoint_memory must be in [0, 32] px"),
+    ):
+        bad = ["eval", "--policy", policy, "--episodes", "1", "--out", str(tmp_path / "bad")]
+        assert main([*bad, "--keypoint-memory", value, "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
 def test_eval_chunk_execution_is_recorded_and_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
