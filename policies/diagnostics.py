@@ -27,12 +27,12 @@ import torch
 
 from robot_refusal.errors import RobotRefusalError
 from robot_refusal.policies.dataset import load_dataset
+from robot_refusal.policies.keypoint_memory import GRIPPER, TARGET
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.training import Tensors, load_tensors
 
 FAST = 0.02  # m per step: expert displacements above this count as "moving"
 NEAR_PX = 3.0  # px: the gripper keypoint label this close to the target's counts as "near"
-TARGET, GRIPPER = 0, 3  # rows of the keypoint labels (target, destination, hand, gripper)
 
 
 def frame_observations(data: Tensors, idx: np.ndarray) -> list[dict[str, Any]]:

@@ -311,7 +311,7 @@ def evaluate(
         raise UnknownNameError("split", split, SPLITS)
     families = list(dict.fromkeys(families))
     plan = plan_episodes(families, episodes, seed)
-    decoding: dict[str, Any] = {}  # a checkpoint's action reading, its own or the override
+    decoding: dict[str, Any] = {}  # a checkpoint's run-time settings, its own or overridden
     if policy not in AGENTS:
         loaded = load_policy(
             policy, keypoint_window, action_decoding, chunk_execution, keypoint_memory
