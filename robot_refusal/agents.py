@@ -7,7 +7,7 @@ read the simulator (privileged); they are built from the env they act in.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -45,7 +45,7 @@ def check_agent(
     name: str,
     keypoint_window: int | None = None,
     action_decoding: str | None = None,
-    exact_keypoints: bool = False,
+    exact_keypoints: bool | str | Sequence[str] = False,
     chunk_execution: str | None = None,
     keypoint_memory: float | None = None,
 ) -> str:
@@ -58,8 +58,10 @@ def check_agent(
         CheckpointError: A checkpoint folder that cannot be loaded.
         ConfigError: ``keypoint_window``, ``action_decoding``, ``exact_keypoints``,
             ``chunk_execution`` or ``keypoint_memory`` for a scripted agent, or out of range /
-            unknown; ``exact_keypoints`` or ``keypoint_memory`` for a checkpoint with fewer
-            than four keypoints; ``chunk_execution`` for a checkpoint without action chunks.
+            unknown; ``exact_keypoints`` naming an unknown keypoint (see
+            :func:`~robot_refusal.policies.privileged.exact_keypoint_names`);
+            ``exact_keypoints`` or ``keypoint_memory`` for a checkpoint with fewer than four
+            keypoints; ``chunk_execution`` for a checkpoint without action chunks.
     """
     if name in AGENTS:
         for setting, value in (
@@ -77,8 +79,12 @@ def check_agent(
             name, keypoint_window, action_decoding, chunk_execution, keypoint_memory
         )
         if exact_keypoints:
-            from robot_refusal.policies.privileged import check_exact_keypoints
+            from robot_refusal.policies.privileged import (
+                check_exact_keypoints,
+                exact_keypoint_names,
+            )
 
+            exact_keypoint_names(exact_keypoints)
             check_exact_keypoints(policy.model)
         return name
     raise UnknownNameError("policy (agent name or checkpoint folder)", name, AGENTS)
@@ -124,7 +130,7 @@ def make_agent(
     env: gym.Env,
     keypoint_window: int | None = None,
     action_decoding: str | None = None,
-    exact_keypoints: bool = False,
+    exact_keypoints: bool | str | Sequence[str] = False,
     chunk_execution: str | None = None,
     keypoint_memory: float | None = None,
 ) -> Agent:
@@ -138,7 +144,8 @@ def make_agent(
         action_decoding: For a checkpoint, ``"argmax"`` or ``"mean"`` (see
             :class:`~robot_refusal.policies.policy.VLAPolicy`); None keeps the checkpoint's.
         exact_keypoints: For a checkpoint, feed it the simulator's exact keypoints (a
-            privileged diagnostic, :class:`~robot_refusal.policies.privileged.ExactKeypointPolicy`).
+            privileged diagnostic, :class:`~robot_refusal.policies.privileged.ExactKeypointPolicy`):
+            ``True`` for all four, or the names of those to replace (``"target,hand"``).
         chunk_execution: For a chunked checkpoint, how it runs its chunks (see
             :class:`~robot_refusal.policies.policy.VLAPolicy`); None keeps the checkpoint's.
         keypoint_memory: For a checkpoint, the radius in pixels of its keypoint memory (see
@@ -162,5 +169,5 @@ def make_agent(
     if exact_keypoints:
         from robot_refusal.policies.privileged import ExactKeypointPolicy
 
-        return ExactKeypointPolicy(shared.model, shared.processor, env)
+        return ExactKeypointPolicy(shared.model, shared.processor, env, exact_keypoints)
     return VLAPolicy(shared.model, shared.processor)

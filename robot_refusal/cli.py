@@ -97,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         keypoint_window=args.keypoint_window,
         workers=args.workers,
         action_decoding=args.action_decoding,
-        exact_keypoints=args.exact_keypoints,
+        exact_keypoints=args.exact_keypoints or False,
         chunk_execution=args.chunk_execution,
         keypoint_memory=args.keypoint_memory,
         **_run_kwargs(args),
@@ -359,10 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--exact-keypoints",
-        action="store_true",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="NAMES",
         help="checkpoints only, a diagnostic: replace the first four predicted keypoints "
         "(target, destination, hand, gripper) by the simulator's exact ones at every step, "
-        "to measure what perception costs (privileged: never a deployable policy)",
+        "to measure what perception costs (privileged: never a deployable policy); with "
+        "NAMES (comma-separated, e.g. target,hand) only those, the others stay the policy's",
     )
     p.add_argument(
         "--chunk-execution",

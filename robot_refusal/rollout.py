@@ -186,7 +186,8 @@ class EvalRunner:
         families: Families to build envs for.
         keypoint_window: A checkpoint's keypoint readout override (None: its own).
         action_decoding: A checkpoint's action-token reading (None: its own).
-        exact_keypoints: Feed a checkpoint the simulator's exact keypoints (a diagnostic).
+        exact_keypoints: Feed a checkpoint the simulator's exact keypoints (a diagnostic):
+            True for all four, or the names of those to replace.
         chunk_execution: How a chunked checkpoint runs its chunks (None: its own).
         keypoint_memory: A checkpoint's keypoint memory radius in px (None: its own).
 
@@ -201,7 +202,7 @@ class EvalRunner:
         families: Sequence[str],
         keypoint_window: int | None = None,
         action_decoding: str | None = None,
-        exact_keypoints: bool = False,
+        exact_keypoints: bool | Sequence[str] = False,
         chunk_execution: str | None = None,
         keypoint_memory: float | None = None,
     ) -> None:
@@ -248,7 +249,7 @@ def evaluate(
     keypoint_window: int | None = None,
     workers: int = 1,
     action_decoding: str | None = None,
-    exact_keypoints: bool = False,
+    exact_keypoints: bool | str | Sequence[str] = False,
     chunk_execution: str | None = None,
     keypoint_memory: float | None = None,
 ) -> dict[str, Any]:
@@ -280,8 +281,10 @@ def evaluate(
             the checkpoint ran with, either way.
         exact_keypoints: For a checkpoint, replace its first four predicted keypoints by the
             simulator's at every step (privileged; what perception costs, see
-            :mod:`robot_refusal.policies.privileged`); recorded in ``config.json`` and the
-            summary when True.
+            :mod:`robot_refusal.policies.privileged`): ``True`` for all four, or the names of
+            those to replace (``"target,hand"`` or a sequence; the others stay the policy's
+            own). Recorded in ``config.json`` and the summary: ``true`` for all four, else the
+            list of names in row order.
         chunk_execution: For a chunked checkpoint, how it runs its action chunks
             (``"ensemble[:COEFF]"``, ``"open-loop[:STEPS]"``, ``"newest"``; see
             :class:`~robot_refusal.policies.policy.VLAPolicy`), recorded in ``config.json``;
@@ -307,6 +310,12 @@ def evaluate(
     )
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    exact: bool | list[str] = False  # as recorded: True (all four) or the names replaced
+    if exact_keypoints:
+        from robot_refusal.policies.privileged import KEYPOINT_NAMES, exact_keypoint_names
+
+        names = exact_keypoint_names(exact_keypoints)
+        exact = True if names == KEYPOINT_NAMES else list(names)
     if split not in SPLITS:
         raise UnknownNameError("split", split, SPLITS)
     families = list(dict.fromkeys(families))
@@ -333,8 +342,8 @@ def evaluate(
         config["keypoint_window"] = keypoint_window
     if action_decoding is not None:
         config["action_decoding"] = action_decoding
-    if exact_keypoints:
-        config["exact_keypoints"] = True
+    if exact:
+        config["exact_keypoints"] = exact
     if chunk_execution is not None:  # as the policy names it: "ensemble" is "ensemble:0.01"
         config["chunk_execution"] = decoding["chunk_execution"]
     if keypoint_memory is not None:
@@ -348,7 +357,7 @@ def evaluate(
         "families": families,
         "keypoint_window": keypoint_window,
         "action_decoding": action_decoding,
-        "exact_keypoints": exact_keypoints,
+        "exact_keypoints": exact,
         "chunk_execution": chunk_execution,
         "keypoint_memory": keypoint_memory,
     }
@@ -367,7 +376,7 @@ def evaluate(
         "policy": policy,
         **({} if keypoint_window is None else {"keypoint_window": keypoint_window}),
         **decoding,
-        **({"exact_keypoints": True} if exact_keypoints else {}),
+        **({"exact_keypoints": exact} if exact else {}),
         "direction": None,
         "seed": seed,
         "split": split,

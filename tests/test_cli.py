@@ -260,6 +260,16 @@ def test_eval_exact_keypoints_is_recorded_and_refused_for_scripted_agents(
     expert = ["eval", "--policy", "expert", "--episodes", "1", "--out", str(tmp_path / "e")]
     assert main([*expert, "--exact-keypoints", "--quiet"]) == 2
     assert "exact_keypoints applies to policy checkpoints" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--exact-keypoints", "target"]) == 2  # another subset
+    assert "exact_keypoints" in capsys.readouterr().err
+    sub = tmp_path / "sub"
+    argv[argv.index(str(out))] = str(sub)
+    assert main([*argv, "--exact-keypoints", "hand,target"]) == 0
+    assert json.loads((sub / "config.json").read_text())["exact_keypoints"] == ["target", "hand"]
+    assert json.loads((sub / "summary.json").read_text())["exact_keypoints"] == ["target", "hand"]
+    assert main([*argv, "--force", "--exact-keypoints", "target,elbow"]) == 2
+    assert "unknown keypoint 'elbow'" in capsys.readouterr().err
+    assert (sub / "config.json").exists()  # refused before the run folder was touched
 
 
 def test_eval_keypoint_memory_is_recorded_and_checked(

@@ -612,6 +612,52 @@ def test_exact_keypoint_policy_reads_the_simulators_keypoints_every_step() -> No
         env.close()
 
 
+def test_exact_keypoint_subset_replaces_only_the_named_keypoints() -> None:
+    """``ExactKeypointPolicy(..., keypoints="target,hand")`` feeds the simulator's target and
+    hand keypoints and the policy's own destination and gripper: its action equals the plain
+    policy's with an override whose other rows are NaN, and its refusal score differs from
+    both the all-four one's and the policy's own;
+    bad names are refused with the known ones listed."""
+    from robot_refusal.policies.privileged import (
+        KEYPOINT_NAMES,
+        ExactKeypointPolicy,
+        exact_keypoint_names,
+    )
+
+    assert exact_keypoint_names(True) == exact_keypoint_names("all") == KEYPOINT_NAMES
+    assert exact_keypoint_names("hand, target") == ("target", "hand")
+    assert exact_keypoint_names(["gripper"]) == ("gripper",)
+    assert exact_keypoint_names(False) == exact_keypoint_names(None) == ()
+    for bad, match in (
+        ("target,elbow", "unknown keypoint 'elbow'.*target, destination"),
+        ("target,target", "twice"),
+        ("", "must name keypoints"),
+        ("target,", "must name keypoints"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            exact_keypoint_names(bad)
+    pol = tiny_policy(grounded=2, metric=4)
+    env = RobotRefusalEnv("pick_place", split="test")
+    try:
+        o, _ = env.reset(seed=3)
+        agent = ExactKeypointPolicy(pol.model, pol.processor, env, "hand,target")
+        assert agent.keypoints == ("target", "hand") and agent.rows == [0, 2]
+        exact = env.keypoints_uv()
+        override = np.full_like(exact, np.nan)
+        override[[0, 2]] = exact[[0, 2]]
+        a = agent.select_action(o)
+        ref, score = pol.select_actions([o], keypoint_override=override[None])
+        assert agent.refusal_score == float(score[0])
+        assert all(np.array_equal(a[k], ref[0][k]) for k in a)
+        _, everything = pol.select_actions([o], keypoint_override=exact[None])
+        _, own = pol.select_actions([o])
+        assert agent.refusal_score not in (float(everything[0]), float(own[0]))
+        with pytest.raises(ConfigError, match="at least one keypoint"):
+            ExactKeypointPolicy(pol.model, pol.processor, env, ())
+    finally:
+        env.close()
+
+
 def test_regression_head_reads_every_action_at_once(tmp_path: Path, obs: dict) -> None:
     """``action_head="regression"`` adds a continuous head on the ACT position; decoding
     ``"regression"`` returns its values as fractional bin ids (the actions they decode to are
