@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,31 @@ def check_miss_frames(value: str) -> None:
         raise ConfigError(f"miss_frames must be one of {', '.join(MISS_FRAMES)}, got {value!r}")
 
 
+EXTRA_FRAMES = ("imitate", "keypoints")
+"""What training does with the frames of ``--extra-data`` (``TrainConfig.extra_frames``)."""
+
+
+def check_extra_frames(value: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of :data:`EXTRA_FRAMES`."""
+    if value not in EXTRA_FRAMES:
+        raise ConfigError(f"extra_frames must be one of {', '.join(EXTRA_FRAMES)}, got {value!r}")
+
+
+def keypoints_only(data: Tensors, name: str) -> Tensors:
+    """``data`` with every frame kept for the keypoint losses only (``imitate`` all False).
+
+    Raises:
+        DatasetError: ``data`` (dataset ``name``) has no keypoint labels, so its frames would
+            train nothing.
+    """
+    if data.keypoints is None:
+        raise DatasetError(
+            f"{name} has no keypoint labels (annotation.keypoints_uv), so extra_frames="
+            "'keypoints' would train nothing on it; collect it again"
+        )
+    return replace(data, imitate=np.zeros(len(data.states), bool))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run (``robot-refusal train``).
@@ -143,6 +168,11 @@ class TrainConfig:
         extra_data: More dataset folders trained on together with ``data`` (DAgger's
             aggregate: ``collect --learner`` output; see :mod:`robot_refusal.policies.dagger`).
             Normalisation statistics come from ``data``; instructions are merged by text.
+        extra_frames: What training does with the frames of ``extra_data``: ``"imitate"``
+            (default) trains every loss on them, their actions included (DAgger's aggregate);
+            ``"keypoints"`` keeps them for the keypoint losses only, their actions not imitated
+            (the states a learner reaches teach perception, with the simulator's keypoint
+            labels, while the actions stay the demonstrator's; needs keypoint labels).
         init_from: Start from this checkpoint's weights and processor (its tokenizer, action
             bins and normalisation; fine-tuning, e.g. a DAgger iteration from its learner)
             instead of a fresh model; the decoder-size and keypoint-architecture settings are
@@ -204,6 +234,7 @@ class TrainConfig:
     keypoint_window: int = 0
     miss_frames: str = "skip"
     extra_data: tuple[str, ...] = ()
+    extra_frames: str = "imitate"
     init_from: str | None = None
     state_velocity: bool = False
     action_head: str = "tokens"
@@ -250,6 +281,7 @@ class TrainConfig:
             check_upper_plane_height(self.metric_upper_plane_height)
         check_keypoint_window(self.keypoint_window)
         check_miss_frames(self.miss_frames)
+        check_extra_frames(self.extra_frames)
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(
                 f"action_space must be one of {', '.join(ACTION_SPACES)}, got {self.action_space!r}"
@@ -815,12 +847,22 @@ def evaluate_loss(
 
 
 def _split(data: Tensors, val: Tensors | None) -> tuple[Tensors, Tensors]:
-    """Training and validation frames; validation keeps only frames with action labels."""
+    """Training and validation frames; validation keeps only frames with action labels.
+
+    Without ``val``, every 20th episode is held out; if none of those has an action label
+    (fewer than 20 episodes, or only keypoint-only frames among them), the last episode
+    with action labels.
+
+    Raises:
+        DatasetError: No frame has an action label.
+    """
     if val is not None:
         return data, val
+    if not data.labelled.any():
+        raise DatasetError("no frame has an action label to train or validate on")
     held = data.episode % 20 == 19
-    if not held.any():  # fewer than 20 episodes: hold out the last one
-        held = data.episode == data.episode.max()
+    if not (held & data.labelled).any():
+        held = data.episode == data.episode[data.labelled].max()
     return data.subset(~held), data.subset(held & data.labelled)
 
 
@@ -857,7 +899,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             )
     data = load_tensors(ds, config.miss_frames)
     if extra:
-        data = concat_tensors([data, *(load_tensors(e, config.miss_frames) for e in extra)])
+        parts = [load_tensors(e, config.miss_frames) for e in extra]
+        if config.extra_frames == "keypoints":
+            parts = [keypoints_only(t, str(e.root)) for t, e in zip(parts, extra, strict=True)]
+        data = concat_tensors([data, *parts])
     val = load_tensors(load_dataset(config.val_data)) if config.val_data else None
     data, val = _split(data, val)
     model, processor = _model(config, ds, data, last if resume else None, init)

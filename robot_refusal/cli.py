@@ -162,6 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         keypoint_stride=args.keypoint_stride,
         keypoint_window=args.keypoint_window,
         miss_frames=args.miss_frames,
+        extra_frames=args.extra_frames,
         extra_data=tuple(args.extra_data or ()),
         init_from=args.init,
         state_velocity=args.state_velocity,
@@ -487,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="another dataset folder to train on as well (repeatable; DAgger: the output of "
         "`collect --learner`); normalisation comes from --data",
+    )
+    p.add_argument(
+        "--extra-frames",
+        choices=("imitate", "keypoints"),
+        default="imitate",
+        help="what training does with the --extra-data frames: imitate them like the "
+        "demonstrations (default; DAgger) or keep them for the keypoint losses only, their "
+        "actions not imitated (the learner's states teach perception)",
     )
     p.add_argument(
         "--init",

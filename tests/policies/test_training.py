@@ -229,6 +229,48 @@ def test_init_from_fine_tunes_a_checkpoint_on_aggregated_data(
         _check_resume_config(last, _read_state(last), replace(config, extra_data=()))
 
 
+def test_extra_frames_keypoints_trains_perception_only_on_the_extra_data(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``extra_frames="keypoints"``: the extra dataset's frames keep their keypoint labels and
+    lose every action label (tokens -100, no regression target), the demonstrations keep
+    theirs; a fine-tune with it runs on both and records the setting; an unknown value and
+    extra data without keypoint labels are refused."""
+    from robot_refusal.policies.training import (
+        Batcher,
+        build_processor,
+        concat_tensors,
+        keypoints_only,
+    )
+
+    ds = load_dataset(tiny_data)
+    demos = load_tensors(ds)
+    extra = keypoints_only(load_tensors(ds), "extra")
+    assert extra.imitate is not None and not extra.imitate.any()
+    data = concat_tensors([demos, extra])
+    n = len(demos.states)
+    batcher = Batcher(data, build_processor(ds, demos), chunk=3)
+    assert (batcher.labels[n:] == -100).all()
+    assert not batcher.action_mask[n:].any()
+    assert (batcher.labels[:n] != -100).any(dim=1).all()
+    assert batcher.action_mask[:n].any()
+    batch = batcher(np.arange(n, len(data.states)))
+    assert torch.equal(batch["keypoint_labels"], torch.from_numpy(demos.keypoints))
+
+    config = replace(
+        _config(tiny_data, tmp_path / "tuned", 2),
+        extra_data=(str(tiny_data),),
+        extra_frames="keypoints",
+    )
+    result = train(config, progress=False)
+    assert result["train_frames"] + result["val_frames"] == 2 * n
+    assert result["config"]["extra_frames"] == "keypoints"
+    with pytest.raises(ConfigError, match="extra_frames must be one of imitate, keypoints"):
+        train(replace(config, extra_frames="actions"), progress=False)
+    with pytest.raises(DatasetError, match="'nolabels' has no keypoint labels"):
+        keypoints_only(replace(demos, keypoints=None), "'nolabels'")
+
+
 def test_soft_action_targets_are_gaussian_over_bins_and_one_hot_for_refusal() -> None:
     from robot_refusal.policies.configuration_vla import ACTION_TOKEN_OFFSET, REFUSE_ID
     from robot_refusal.policies.training import soft_action_targets
