@@ -164,7 +164,9 @@ class TrainConfig:
         keypoint_window: How the model reads keypoints out of their heatmaps
             (``VLAConfig.keypoint_window``): 0 (the shipped checkpoints), the expectation over
             the whole map; r > 0, the soft-argmax over the (2r+1)^2 cells around the maximum.
-            The squared-error keypoint loss then trains that readout.
+            The squared-error keypoint loss then trains that readout. With ``init_from``, a
+            readout r > 0 replaces the checkpoint's (a readout is not architecture: no weight
+            changes); 0 keeps the checkpoint's.
         extra_data: More dataset folders trained on together with ``data`` (DAgger's
             aggregate: ``collect --learner`` output; see :mod:`robot_refusal.policies.dagger`).
             Normalisation statistics come from ``data``; instructions are merged by text.
@@ -990,6 +992,8 @@ def _model(
         policy = VLAPolicy.from_pretrained(last)
         return policy.model.train(), policy.processor
     if init is not None:
+        if config.keypoint_window:  # a readout, not architecture: the fine-tune may change it
+            init.model.config.keypoint_window = config.keypoint_window
         return init.model.train(), init.processor
     processor = build_processor(
         ds, data, action_space=config.action_space, state_velocity=config.state_velocity

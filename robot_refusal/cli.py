@@ -584,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="read each keypoint as the soft-argmax over the (2R+1)x(2R+1) heatmap cells "
         "around its maximum (default 0: the expectation over the whole map, as the shipped "
-        "checkpoints)",
+        "checkpoints); with --init, R > 0 replaces the checkpoint's readout and 0 keeps it",
     )
     p.add_argument(
         "--miss-frames",

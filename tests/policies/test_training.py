@@ -199,7 +199,8 @@ def test_init_from_fine_tunes_a_checkpoint_on_aggregated_data(
     """``init_from`` starts from the checkpoint's weights and processor (a step with a
     vanishing learning rate leaves both as they were, although the new run's own settings
     would build another model); ``extra_data`` adds the second dataset's frames; the run's
-    settings, extra datasets included, pass the resume check."""
+    settings, extra datasets included, pass the resume check; a keypoint readout given to a
+    fine-tune replaces the checkpoint's."""
     from robot_refusal.policies.training import _check_resume_config, _read_state
 
     base = tmp_path / "base"
@@ -227,6 +228,13 @@ def test_init_from_fine_tunes_a_checkpoint_on_aggregated_data(
     _check_resume_config(last, _read_state(last), config)
     with pytest.raises(RunFolderError, match="extra_data"):
         _check_resume_config(last, _read_state(last), replace(config, extra_data=()))
+    # a readout is not architecture: a fine-tune may set it (0 keeps the checkpoint's)
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["keypoint_window"] == 0
+    windowed = replace(config, out=str(tmp_path / "windowed"), keypoint_window=2)
+    train(windowed, progress=False)
+    assert json.loads((tmp_path / "windowed" / "config.json").read_text())["keypoint_window"] == 2
+    b = load_file(str(tmp_path / "windowed" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def test_extra_frames_keypoints_trains_perception_only_on_the_extra_data(
