@@ -50,7 +50,7 @@ def exact_keypoint_names(spec: bool | str | Sequence[str] | None) -> tuple[str, 
     if spec is None or spec is False or (not isinstance(spec, str) and not len(spec)):
         return ()
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
-    if not names or any(not n for n in names):
+    if any(not n for n in names):  # "", "target," or [""]
         raise ConfigError(
             f"exact_keypoints must name keypoints ({', '.join(KEYPOINT_NAMES)}) or 'all', "
             f"got {spec!r}"
