@@ -263,6 +263,15 @@ class VLAConfig(PretrainedConfig):
             a token reading of such a checkpoint (``action_decoding`` other than
             ``"regression"``) gives one action per call, and the chunk settings then change
             nothing.
+        regression_metric_inputs: With ``action_head="regression"`` and
+            ``metric_keypoints``, the regression head also reads the metric keypoint token's
+            inputs (``VLAForActionPrediction.metric_features``, the keypoints' table-plane
+            points and their offsets from the end effector), concatenated with the ACT
+            position's final hidden state: a skip connection around the decoder, so the
+            few-centimetre offsets that decide a grasp reach the head unmixed (the privileged
+            imitation ceiling, an MLP on those inputs, reaches 92-98%; README, "Where the
+            decoder loses its points"). False (every checkpoint before 2026-12-07): the
+            hidden state only. The refuse-or-act choice stays the decoder's first token.
         n_action_steps: How many actions of each chunk run before the model is called again,
             in [1, ``action_chunk``] (LeRobot's ``n_action_steps``): 1 calls it at every step;
             n > 1 runs the first n actions open loop.
@@ -282,7 +291,8 @@ class VLAConfig(PretrainedConfig):
             ``keypoint_memory`` outside [0, 32] or with fewer than 4 keypoints; an unknown
             ``action_decoding``; ``action_window`` outside [0, 255]; an unknown
             ``action_head``, or ``action_decoding="regression"`` without that head; an
-            inconsistent chunk (:func:`check_action_chunking`).
+            inconsistent chunk (:func:`check_action_chunking`);
+            ``regression_metric_inputs`` without the regression head or metric keypoints.
     """
 
     model_type = "robot_refusal_vla"
@@ -315,6 +325,7 @@ class VLAConfig(PretrainedConfig):
         action_window: int = 8,
         action_head: str = "tokens",
         action_chunk: int = 1,
+        regression_metric_inputs: bool = False,
         n_action_steps: int = 1,
         temporal_ensemble_coeff: float | None = None,
         rms_norm_eps: float = 1e-6,
@@ -379,6 +390,13 @@ class VLAConfig(PretrainedConfig):
         check_decoding_for_head(action_decoding, action_head)
         check_action_chunking(action_chunk, n_action_steps, temporal_ensemble_coeff, action_head)
         self.action_chunk = int(action_chunk)
+        if regression_metric_inputs and (action_head != "regression" or not metric_keypoints):
+            raise ConfigError(
+                "regression_metric_inputs needs action_head='regression' and metric_keypoints "
+                f"> 0 (this config: action_head={action_head!r}, metric_keypoints="
+                f"{metric_keypoints})"
+            )
+        self.regression_metric_inputs = bool(regression_metric_inputs)
         self.n_action_steps = int(n_action_steps)
         self.temporal_ensemble_coeff = (
             None if temporal_ensemble_coeff is None else float(temporal_ensemble_coeff)

@@ -313,6 +313,16 @@ def metric_token_inputs(
     return torch.cat(parts, dim=1)
 
 
+def metric_width(config: Any) -> int:
+    """Width F of the metric keypoint token's inputs (:func:`metric_token_inputs`) for a
+    :class:`VLAConfig`: 4M + 1 for M = ``metric_keypoints``, 8M + 1 with an upper plane, 0
+    without metric keypoints."""
+    m = config.metric_keypoints
+    if not m:
+        return 0
+    return 4 * m + 1 + (4 * m if config.metric_upper_plane_height is not None else 0)
+
+
 class MLPProjector(nn.Module):
     """Two-layer MLP projector into the decoder width (LLaVA-1.5's projector shape).
 
@@ -394,16 +404,18 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         self.vision_projector = nn.Linear(self.vision_encoder.out_channels, d)
         self.keypoint_projector = MLPProjector(2 * config.num_keypoints, d)
         self.state_projector = MLPProjector(config.state_dim, d)
-        if config.metric_keypoints:
-            m = config.metric_keypoints
-            width = 4 * m + 1 + (4 * m if config.metric_upper_plane_height is not None else 0)
+        width = metric_width(config)
+        if width:
             self.metric_projector = MLPProjector(width, d)
         self.language_model = LlamaModel(config.decoder_config())
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.action_regressor: nn.Module | None = None
         if config.action_head == "regression":  # OpenVLA-OFT's continuous head
+            skip = width if config.regression_metric_inputs else 0
             self.action_regressor = nn.Sequential(
-                nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.action_chunk * config.action_dim)
+                nn.Linear(d + skip, d),
+                nn.GELU(),
+                nn.Linear(d, config.action_chunk * config.action_dim),
             )
         self.post_init()
 
@@ -445,6 +457,31 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         Raises:
             ConfigError: ``keypoint_override`` of the wrong shape.
         """
+        x, mask, keypoints, heat, _ = self._prefix(
+            pixel_values,
+            input_ids,
+            state,
+            attention_mask,
+            ee_position,
+            metric_source,
+            keypoint_override,
+            keypoint_transform,
+        )
+        return x, mask, keypoints, heat
+
+    def _prefix(
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        state: Tensor,
+        attention_mask: Tensor,
+        ee_position: Tensor | None = None,
+        metric_source: Tensor | None = None,
+        keypoint_override: Tensor | None = None,
+        keypoint_transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """:meth:`embed_prefix`'s four outputs plus the metric token's inputs (B, F), or None
+        without metric keypoints (what ``config.regression_metric_inputs`` feeds the head)."""
         b = pixel_values.shape[0]
         embed = self.language_model.embed_tokens
         words = attention_mask.unsqueeze(-1).to(pixel_values.dtype)  # (B, T, 1)
@@ -460,6 +497,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             keypoints = override_keypoints(keypoints, keypoint_override)
         kp_token = self.keypoint_projector(keypoints.flatten(1))[:, None]
         parts = [self.vision_projector(feats), kp_token]
+        features = None
         if self.config.metric_keypoints:
             source = keypoints if metric_source is None else metric_source
             features = self.metric_features(source, ee_position)
@@ -472,7 +510,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         x = torch.cat([img, text, sep, st, act], dim=1)  # (B, P, D)
         ones = attention_mask.new_ones(b, img.shape[1])
         mask = torch.cat([ones, attention_mask, attention_mask.new_ones(b, 3)], dim=1)
-        return x, mask, keypoints, heat
+        return x, mask, keypoints, heat, features
 
     def metric_features(self, keypoints: Tensor, ee_position: Tensor | None) -> Tensor:
         """(B, K, 2) keypoints, (B, 3) end effector (m) -> (B, 4M + 1) metric token inputs,
@@ -530,7 +568,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         Returns:
             :class:`VLAOutput` with logits (B, P+K, V).
         """
-        x, mask, keypoints, heat = self.embed_prefix(
+        x, mask, keypoints, heat, features = self._prefix(
             pixel_values, input_ids, state, attention_mask, ee_position, metric_source
         )
         act_position = x.shape[1] - 1
@@ -546,13 +584,25 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             loss = F.cross_entropy(gen.reshape(-1, gen.shape[-1]), labels.reshape(-1))
         values = None
         if self.action_regressor is not None:
-            values = self.regress_actions(out.last_hidden_state[:, act_position])
+            values = self.regress_actions(out.last_hidden_state[:, act_position], features)
         return VLAOutput(logits, loss, out.hidden_states, out.cache, keypoints, heat, values)
 
-    def regress_actions(self, hidden: Tensor) -> Tensor:
+    def regress_actions(self, hidden: Tensor, metric_inputs: Tensor | None = None) -> Tensor:
         """The regression head's action chunk (B, H, action_dim) in [-1, 1] units (H =
-        ``config.action_chunk``) from the ACT position's final hidden state (B, D)."""
+        ``config.action_chunk``) from the ACT position's final hidden state (B, D) and, with
+        ``config.regression_metric_inputs``, the metric token's inputs (B, F), concatenated.
+
+        Raises:
+            ConfigError: A model with ``regression_metric_inputs`` called without them.
+        """
         assert self.action_regressor is not None
+        if self.config.regression_metric_inputs:
+            if metric_inputs is None:
+                raise ConfigError(
+                    "this model's regression head reads the metric token's inputs; "
+                    "pass metric_inputs (B, F)"
+                )
+            hidden = torch.cat([hidden, metric_inputs.to(hidden.dtype)], dim=-1)
         return self.action_regressor(hidden).reshape(
             hidden.shape[0], self.config.action_chunk, self.config.action_dim
         )
@@ -629,7 +679,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
             raise ConfigError(f"decoding must be one of {ACTION_DECODINGS}, got {decoding!r}")
         check_decoding_for_head(decoding, self.config.action_head)
         cfg = self.config
-        x, mask, _, _ = self.embed_prefix(
+        x, mask, _, _, features = self._prefix(
             pixel_values,
             input_ids,
             state,
@@ -660,7 +710,7 @@ class VLAForActionPrediction(VLAPreTrainedModel):
 
         tokens = [first_choice.argmax(-1)]
         if decoding == "regression":  # all positions at once from the ACT position
-            unit = self.regress_actions(out.last_hidden_state[:, -1]).float()  # (B, H, D)
+            unit = self.regress_actions(out.last_hidden_state[:, -1], features).float()
             bins = ((unit + 1) / 2 * cfg.n_bins - 0.5).clamp(0, cfg.n_bins - 1)
             act = (tokens[0] != REFUSE_ID)[:, None, None]
             refuse_row = torch.zeros_like(bins)
@@ -695,3 +745,41 @@ class VLAForActionPrediction(VLAPreTrainedModel):
         refused = result[:, 0] == REFUSE_ID
         result[refused, 1:] = 0
         return (result[:, None] if chunk else result), logprobs
+
+
+def add_regression_metric_inputs(model: VLAForActionPrediction) -> None:
+    """Give a trained model's regression head the metric token's inputs, in place.
+
+    The head's first layer is widened by F = :func:`metric_width` input columns of zeros,
+    so the model's actions and logits stay exactly what they were until training moves
+    those weights (a fine-tune's start; ``train --init CKPT --regression-metric-inputs``),
+    and ``config.regression_metric_inputs`` is set.
+
+    Args:
+        model: A model with ``action_head="regression"`` and ``metric_keypoints`` > 0.
+
+    Raises:
+        ConfigError: The model has no regression head, no metric keypoints, or already
+            reads the metric inputs.
+    """
+    cfg = model.config
+    width = metric_width(cfg)
+    if model.action_regressor is None or not width:
+        raise ConfigError(
+            "regression_metric_inputs needs a model with the regression action head and "
+            f"metric keypoints (this one: action_head={cfg.action_head!r}, "
+            f"metric_keypoints={cfg.metric_keypoints})"
+        )
+    if cfg.regression_metric_inputs:
+        raise ConfigError("this model's regression head already reads the metric inputs")
+    head = model.action_regressor
+    assert isinstance(head, nn.Sequential)
+    old = head[0]
+    assert isinstance(old, nn.Linear)
+    new = nn.Linear(old.in_features + width, old.out_features)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_features] = old.weight
+        new.bias.copy_(old.bias)
+    head[0] = new.to(old.weight.device, old.weight.dtype)
+    cfg.regression_metric_inputs = True

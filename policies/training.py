@@ -46,7 +46,11 @@ from robot_refusal.policies.lerobot_format import (
     SUBGOAL_KEY,
     first_line,
 )
-from robot_refusal.policies.modeling_vla import VLAForActionPrediction, cell_centres
+from robot_refusal.policies.modeling_vla import (
+    VLAForActionPrediction,
+    add_regression_metric_inputs,
+    cell_centres,
+)
 from robot_refusal.policies.policy import VLAPolicy
 from robot_refusal.policies.processing_vla import (
     ACTION_SPACES,
@@ -198,6 +202,12 @@ class TrainConfig:
             chunks more (:data:`CHUNK_ENSEMBLE_COEFF`); ``eval --chunk-execution`` picks
             another execution. With ``init_from`` the checkpoint's own chunk is kept, and
             another H > 1 is refused.
+        regression_metric_inputs: The regression head also reads the metric keypoint
+            token's inputs beside the ACT position's hidden state
+            (``VLAConfig.regression_metric_inputs``: a skip around the decoder). Needs the
+            regression head and metric keypoints. With ``init_from``, a checkpoint without
+            it gets its head's first layer widened by zero weights (the fine-tune starts
+            from the checkpoint's exact actions); False keeps the checkpoint's own head.
         eval_every: Steps between validation and checkpoint saves.
         threads: CPU threads for torch.
         precision: ``"fp32"`` or ``"bf16"``: the training forward pass and loss under
@@ -242,6 +252,7 @@ class TrainConfig:
     action_head: str = "tokens"
     regression_weight: float = 1.0
     action_chunk: int = 1
+    regression_metric_inputs: bool = False
     eval_every: int = 500
     threads: int = 2
     precision: str = "fp32"
@@ -297,6 +308,11 @@ class TrainConfig:
         if self.state_velocity and self.action_space != "delta":
             raise ConfigError("state_velocity needs the delta action space")
         check_action_chunking(self.action_chunk, 1, None, self.action_head)
+        fresh = self.init_from is None
+        if self.regression_metric_inputs and fresh and not self.metric_keypoints:
+            raise ConfigError("regression_metric_inputs needs metric_keypoints > 0")
+        if self.regression_metric_inputs and fresh and self.action_head != "regression":
+            raise ConfigError("regression_metric_inputs needs action_head 'regression'")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -994,6 +1010,8 @@ def _model(
     if init is not None:
         if config.keypoint_window:  # a readout, not architecture: the fine-tune may change it
             init.model.config.keypoint_window = config.keypoint_window
+        if config.regression_metric_inputs and not init.model.config.regression_metric_inputs:
+            add_regression_metric_inputs(init.model)
         return init.model.train(), init.processor
     processor = build_processor(
         ds, data, action_space=config.action_space, state_velocity=config.state_velocity
@@ -1018,6 +1036,7 @@ def _model(
             action_head=config.action_head,
             action_decoding="regression" if config.action_head == "regression" else "argmax",
             action_chunk=config.action_chunk,
+            regression_metric_inputs=config.regression_metric_inputs,
             temporal_ensemble_coeff=CHUNK_ENSEMBLE_COEFF if config.action_chunk > 1 else None,
             camera_unprojection=scene_camera(processor.image_size)
             if config.metric_keypoints

@@ -169,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         action_head=args.action_head,
         regression_weight=args.regression_weight,
         action_chunk=args.action_chunk,
+        regression_metric_inputs=args.regression_metric_inputs,
         eval_every=args.eval_every,
         threads=args.threads,
         precision=args.precision,
@@ -627,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
         "1); the checkpoint calls the model at every step and runs a temporal ensemble "
         "weighing the newer chunks more, ensemble:-0.5 (eval --chunk-execution picks "
         "another execution)",
+    )
+    p.add_argument(
+        "--regression-metric-inputs",
+        action="store_true",
+        help="the regression head also reads the metric keypoint token's inputs (a skip "
+        "around the decoder; needs --action-head regression and --metric-keypoints, or an "
+        "--init checkpoint with both, whose head is widened with zero weights)",
     )
     p.add_argument("--eval-every", type=_positive, default=500, help="steps between checks")
     p.add_argument("--threads", type=_positive, default=2, help="CPU threads")

@@ -681,6 +681,49 @@ def test_regression_head_training_fits_the_actions_and_still_refuses(
         train(replace(tune, action_chunk=5), progress=False)
 
 
+def test_regression_metric_inputs_train_fresh_and_widen_a_fine_tuned_head(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``regression_metric_inputs``: a fresh run builds the widened head; a fine-tune of a
+    checkpoint without it widens the checkpoint's head by zero columns, so its first
+    validation equals the checkpoint's last; without metric keypoints or the regression
+    head a fresh run is refused (``train --regression-metric-inputs``: one line, exit 2)."""
+    from robot_refusal.cli import main
+
+    argv = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "cli"), "--quiet"]
+    assert main([*argv, "--regression-metric-inputs", "--action-head", "regression"]) == 2
+    err = capsys.readouterr().err
+    assert "regression_metric_inputs needs metric_keypoints > 0" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "cli").exists()
+    config = replace(
+        _config(tiny_data, tmp_path / "base", 30),
+        action_head="regression",
+        metric_keypoints=4,
+        eval_every=30,
+    )
+    base = train(config, progress=False)
+    skip = replace(config, out=str(tmp_path / "skip"), regression_metric_inputs=True)
+    train(skip, progress=False)
+    cfg = json.loads((tmp_path / "skip" / "config.json").read_text())
+    assert cfg["regression_metric_inputs"] is True
+    weights = load_file(str(tmp_path / "skip" / "model.safetensors"))
+    assert weights["action_regressor.0.weight"].shape == (32, 32 + 17)
+    tune = replace(
+        skip, out=str(tmp_path / "tune"), init_from=str(tmp_path / "base"), steps=1, lr=1e-12
+    )
+    tuned = train(tune, progress=False)
+    start, end = tuned["history"][0], base["history"][-1]
+    assert start["val_action_l1"] == pytest.approx(end["val_action_l1"], rel=1e-4)
+    assert start["val_loss"] == pytest.approx(end["val_loss"], rel=1e-5)
+    weights = load_file(str(tmp_path / "tune" / "model.safetensors"))
+    assert weights["action_regressor.0.weight"].shape == (32, 32 + 17)
+    assert json.loads((tmp_path / "tune" / "config.json").read_text())["regression_metric_inputs"]
+    with pytest.raises(ConfigError, match="needs metric_keypoints"):
+        replace(skip, metric_keypoints=0).check()
+    with pytest.raises(ConfigError, match="needs action_head 'regression'"):
+        replace(skip, action_head="tokens").check()
+
+
 def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:
     """Frame i's chunk holds frames i .. i + H - 1 of its own episode; rows past the end of
     the episode, on a frame that is not a label (refusal, deliberate miss), or across frames

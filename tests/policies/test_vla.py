@@ -792,3 +792,48 @@ def test_action_chunks_run_as_acts_temporal_ensemble_or_open_loop(
     for _ in range(2):
         ref = tokens.processor.decode_actions(want.numpy())[0]["delta"]
         assert tokens.select_action(obs)["delta"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_regression_metric_inputs_reach_the_head_beside_the_hidden_state(
+    tmp_path: Path, obs: dict
+) -> None:
+    """``regression_metric_inputs``: the regression head's first layer reads the ACT
+    position's hidden state (32) and the metric token's inputs (4 * 4 + 1 = 17); with the
+    hidden-state columns zeroed the chunk is exactly the head applied to the metric inputs
+    of the keypoints the decoder reads. ``add_regression_metric_inputs`` widens a trained head
+    with zero columns (the same actions), and the widened model survives a save/load."""
+    from robot_refusal.policies.modeling_vla import add_regression_metric_inputs
+
+    with pytest.raises(ConfigError, match="regression_metric_inputs needs"):
+        VLAConfig(action_head="regression", regression_metric_inputs=True)
+    with pytest.raises(ConfigError, match="regression_metric_inputs needs"):
+        VLAConfig(metric_keypoints=4, camera_unprojection=_camera(), regression_metric_inputs=True)
+    pol = tiny_policy(metric=4, action_head="regression", regression_metric_inputs=True)
+    head = pol.model.action_regressor
+    assert head is not None and head[0].in_features == 32 + 17
+    inputs = pol.processor([obs, {**obs, "instruction": TEXTS[1]}])
+    with torch.no_grad():
+        head[0].weight[:, :32] = 0.0  # the head now sees the metric inputs only
+        out = pol.model(**inputs)
+        features = pol.model.metric_features(out.keypoints, inputs["ee_position"])
+        want = head[2](head[1](features @ head[0].weight[:, 32:].T + head[0].bias))
+    assert out.action_values is not None and features.shape == (2, 17)
+    assert torch.allclose(out.action_values.reshape(2, -1), want, atol=1e-6)
+    with pytest.raises(ConfigError, match="metric_inputs"):
+        pol.model.regress_actions(torch.zeros(2, 32))
+
+    plain = tiny_policy(metric=4, action_head="regression", seed=1)
+    before, _ = plain.model.predict_action_tokens(**inputs)
+    add_regression_metric_inputs(plain.model)
+    assert plain.model.config.regression_metric_inputs
+    assert plain.model.action_regressor[0].in_features == 32 + 17
+    after, _ = plain.model.predict_action_tokens(**inputs)
+    assert torch.allclose(after, before, atol=1e-4)  # in fractional bin ids
+    with pytest.raises(ConfigError, match="already reads"):
+        add_regression_metric_inputs(plain.model)
+    plain.save_pretrained(tmp_path / "skip")
+    again = VLAPolicy.from_pretrained(tmp_path / "skip")
+    assert again.model.config.regression_metric_inputs
+    assert torch.equal(again.model.predict_action_tokens(**inputs)[0], after)
+    with pytest.raises(ConfigError, match="metric_keypoints=0"):
+        add_regression_metric_inputs(tiny_policy(action_head="regression").model)
