@@ -8,7 +8,8 @@ clipping, validation loss and action-token accuracy, a progress bar, and a resum
 ``<out>/last/`` checkpoint (weights in safetensors; optimizer, schedule and sampler state in
 ``trainer_state.pt`` read back with ``torch.load(weights_only=True)``). The first frame of
 every episode (where the policy refuses or starts) is drawn ``first_frame_weight`` times as
-often as the others.
+often as the others, and with ``arrival_weight`` the last lateral steps before each arrival
+(:func:`arrival_frames`) that many times.
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ class TrainConfig:
         hidden_size, num_layers, num_heads, intermediate_size: Decoder size.
         image_tokens_side: Image tokens per side.
         first_frame_weight: Sampling weight of each episode's first frame (others: 1).
+        arrival_weight: Sampling weight of the arrival frames (:func:`arrival_frames`: the
+            expert still moves sideways, within ``arrival_radius`` of its subgoal), where the
+            policy decides between one more sideways step and the descent or release; 1 (the
+            default) weighs them as the others. Needs the subgoal annotation (``collect``
+            records it). A frame both first and arriving takes the larger weight.
+        arrival_radius: Horizontal distance (m) from the subgoal within which a sideways
+            step counts as arriving, in (0, 0.2].
         keypoint_weight: Weight of the auxiliary keypoint loss: the first spatial-softmax
             keypoints regress the privileged image coordinates of the target object, the
             destination, the person's hand and the gripper (mean squared error in [-1, 1]
@@ -234,6 +242,8 @@ class TrainConfig:
     intermediate_size: int = 384
     image_tokens_side: int = 4
     first_frame_weight: float = 8.0
+    arrival_weight: float = 1.0
+    arrival_radius: float = 0.04
     keypoint_weight: float = 5.0
     label_sigma: float = 2.0
     action_space: str = "delta"
@@ -279,6 +289,10 @@ class TrainConfig:
             raise ConfigError(f"label_sigma must be >= 0, got {self.label_sigma}")
         if not self.heatmap_weight >= 0:
             raise ConfigError(f"heatmap_weight must be >= 0, got {self.heatmap_weight}")
+        if not self.arrival_weight >= 1:
+            raise ConfigError(f"arrival_weight must be >= 1, got {self.arrival_weight}")
+        if not 0 < self.arrival_radius <= 0.2:
+            raise ConfigError(f"arrival_radius must be in (0, 0.2] m, got {self.arrival_radius}")
         if not self.keypoint_weight >= 0:
             raise ConfigError(f"keypoint_weight must be >= 0, got {self.keypoint_weight}")
         for name in ("grounded_keypoints", "metric_keypoints"):
@@ -602,6 +616,41 @@ class Batcher:
         if d.keypoints is not None:
             batch["keypoint_labels"] = torch.from_numpy(d.keypoints[idx])
         return batch
+
+
+ARRIVAL_MIN_STEP = 0.002
+"""m: the smallest sideways expert step that counts as still travelling (not a descent)."""
+
+
+def arrival_frames(data: Tensors, radius: float) -> np.ndarray:
+    """(N,) bool: the frames where the expert is about to arrive.
+
+    A frame arrives when its action is a label (not a refusal, not a deliberate miss), the
+    expert's displacement is mostly sideways (horizontal step >= 2 mm, more than its vertical
+    one) and the end effector is within ``radius`` (m) of the expert's subgoal horizontally:
+    the last steps before a descent onto the object or a release over the destination, the
+    decision a memoryless policy makes from a few centimetres of image and metric offset.
+    Such frames are rare in the demonstrations (a travel step is 1.5-4 cm), so
+    ``TrainConfig.arrival_weight`` draws them more often.
+
+    Args:
+        data: A dataset with ``subgoals`` (N, 4) (``annotation.subgoal``).
+        radius: Horizontal distance to the subgoal, m.
+
+    Raises:
+        DatasetError: The dataset has no subgoal annotation.
+    """
+    if data.subgoals is None:
+        raise DatasetError(
+            "arrival_weight needs the expert's subgoals (annotation.subgoal); "
+            "collect the data again with this version"
+        )
+    side = np.linalg.norm(data.actions[:, :2], axis=1)
+    gap = np.linalg.norm(data.subgoals[:, :2] - data.states[:, :2], axis=1)
+    sideways = (side >= ARRIVAL_MIN_STEP) & (side > np.abs(data.actions[:, 2]))
+    with np.errstate(invalid="ignore"):  # NaN subgoals compare False
+        near = gap <= radius
+    return data.labelled & ~data.refuse & sideways & near
 
 
 def chunk_targets(
@@ -930,6 +979,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     sched = get_cosine_schedule_with_warmup(opt, config.warmup_steps, config.steps)
     gen = np.random.default_rng(config.seed)
     weights = np.where(data.first, config.first_frame_weight, 1.0)
+    if config.arrival_weight != 1.0:
+        arriving = arrival_frames(data, config.arrival_radius)
+        weights = np.where(arriving, np.maximum(weights, config.arrival_weight), weights)
     weights = weights / weights.sum()
     step, t_spent, history = _restore(state, opt, sched, gen) if resume else (0, 0.0, [])
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)

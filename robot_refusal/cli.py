@@ -153,6 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_layers=args.layers,
         keypoint_weight=args.keypoint_weight,
         label_sigma=args.label_sigma,
+        arrival_weight=args.arrival_weight,
+        arrival_radius=args.arrival_radius,
         action_space=args.action_space,
         grounded_keypoints=args.grounded_keypoints,
         heatmap_weight=args.heatmap_weight,
@@ -628,6 +630,20 @@ def build_parser() -> argparse.ArgumentParser:
         "1); the checkpoint calls the model at every step and runs a temporal ensemble "
         "weighing the newer chunks more, ensemble:-0.5 (eval --chunk-execution picks "
         "another execution)",
+    )
+    p.add_argument(
+        "--arrival-weight",
+        type=float,
+        default=1.0,
+        help="sampling weight of the arrival frames: the expert's last sideways steps within "
+        "--arrival-radius of its subgoal, before a descent or release (default 1: as the "
+        "others)",
+    )
+    p.add_argument(
+        "--arrival-radius",
+        type=float,
+        default=0.04,
+        help="m: horizontal distance to the subgoal that counts as arriving (default 0.04)",
     )
     p.add_argument(
         "--regression-metric-inputs",

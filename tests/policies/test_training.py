@@ -724,6 +724,57 @@ def test_regression_metric_inputs_train_fresh_and_widen_a_fine_tuned_head(
         replace(skip, action_head="tokens").check()
 
 
+def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``arrival_frames``: a labelled sideways step within the radius of its subgoal arrives;
+    a far step, a descent, a pause, a refusal, a deliberate miss's step and a NaN subgoal do
+    not. On collected data every arriving frame is a sideways step near its subgoal, and
+    ``arrival_weight`` is checked, needs subgoals and is recorded by the run."""
+    from robot_refusal.policies.training import Tensors, arrival_frames
+
+    n = 8
+    states = np.zeros((n, 8), np.float32)
+    states[:, :3] = [0.5, 0.0, 0.25]
+    subgoals = np.tile(np.float32([0.53, 0.0, 0.25, 0.04]), (n, 1))  # 3 cm ahead in x
+    actions = np.tile(np.float32([0.015, 0.0, 0.0, -1.0]), (n, 1))
+    subgoals[1, 0] = 0.60  # 10 cm away: travelling, not arriving
+    actions[2, :3] = [0.001, 0.0, -0.015]  # a descent
+    actions[3, :3] = 0.0  # a pause
+    refuse = np.zeros(n, bool)
+    refuse[4] = True
+    imitate = np.ones(n, bool)
+    imitate[5] = False  # a deliberate miss
+    subgoals[6] = np.nan  # not recorded
+    data = Tensors(
+        images=np.zeros((n, 2, 2, 3), np.uint8),
+        states=states,
+        instructions=np.zeros(n, np.int64),
+        texts={0: "put the red cube in the bin"},
+        actions=actions,
+        refuse=refuse,
+        first=np.zeros(n, bool),
+        episode=np.zeros(n, np.int64),
+        subgoals=subgoals,
+        imitate=imitate,
+    )
+    assert arrival_frames(data, 0.04).tolist() == [True] + [False] * 6 + [True]
+    assert arrival_frames(data, 0.02).tolist() == [False] * 8
+    with pytest.raises(DatasetError, match="subgoal"):
+        arrival_frames(replace(data, subgoals=None), 0.04)
+    real = load_tensors(load_dataset(tiny_data))
+    arriving = arrival_frames(real, 0.04)
+    assert 0 < arriving.sum() < 0.5 * len(arriving)
+    gap = np.linalg.norm(real.subgoals[arriving, :2] - real.states[arriving, :2], axis=1)
+    assert gap.max() <= 0.04 and not real.refuse[arriving].any()
+    config = replace(_config(tiny_data, tmp_path / "arrive", 2), arrival_weight=4.0)
+    assert train(config, progress=False)["config"]["arrival_weight"] == 4.0
+    with pytest.raises(ConfigError, match="arrival_weight must be >= 1"):
+        replace(config, arrival_weight=0.5).check()
+    with pytest.raises(ConfigError, match="arrival_radius"):
+        replace(config, arrival_radius=0.0).check()
+
+
 def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:
     """Frame i's chunk holds frames i .. i + H - 1 of its own episode; rows past the end of
     the episode, on a frame that is not a label (refusal, deliberate miss), or across frames
