@@ -270,8 +270,9 @@ class VLAConfig(PretrainedConfig):
             position's final hidden state: a skip connection around the decoder, so the
             few-centimetre offsets that decide a grasp reach the head unmixed (the privileged
             imitation ceiling, an MLP on those inputs, reaches 92-98%; README, "Where the
-            decoder loses its points"). False (every checkpoint before 2026-12-07): the
-            hidden state only. The refuse-or-act choice stays the decoder's first token.
+            decoder loses its points"). Measured in a fine-tune: no gain (README, "Premature
+            arrivals"). False (every checkpoint before 2026-12-07): the hidden state only.
+            The refuse-or-act choice stays the decoder's first token.
         n_action_steps: How many actions of each chunk run before the model is called again,
             in [1, ``action_chunk``] (LeRobot's ``n_action_steps``): 1 calls it at every step;
             n > 1 runs the first n actions open loop.
