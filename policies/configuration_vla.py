@@ -29,6 +29,18 @@ def check_upper_plane_height(height: float, name: str = "metric_upper_plane_heig
         )
 
 
+def check_regression_metric_inputs(action_head: str, metric_keypoints: int) -> None:
+    """Raise :class:`ConfigError` unless a model with ``action_head`` and
+    ``metric_keypoints`` can feed the metric token's inputs to its regression head
+    (``VLAConfig.regression_metric_inputs``): the regression head and metric keypoints."""
+    if not metric_keypoints:
+        raise ConfigError("regression_metric_inputs needs metric_keypoints > 0")
+    if action_head != "regression":
+        raise ConfigError(
+            f"regression_metric_inputs needs action_head 'regression', got {action_head!r}"
+        )
+
+
 MAX_KEYPOINT_WINDOW = 8  # cells: a 17x17 window already covers most of a 32x32 heatmap
 
 
@@ -391,12 +403,8 @@ class VLAConfig(PretrainedConfig):
         check_decoding_for_head(action_decoding, action_head)
         check_action_chunking(action_chunk, n_action_steps, temporal_ensemble_coeff, action_head)
         self.action_chunk = int(action_chunk)
-        if regression_metric_inputs and (action_head != "regression" or not metric_keypoints):
-            raise ConfigError(
-                "regression_metric_inputs needs action_head='regression' and metric_keypoints "
-                f"> 0 (this config: action_head={action_head!r}, metric_keypoints="
-                f"{metric_keypoints})"
-            )
+        if regression_metric_inputs:
+            check_regression_metric_inputs(action_head, metric_keypoints)
         self.regression_metric_inputs = bool(regression_metric_inputs)
         self.n_action_steps = int(n_action_steps)
         self.temporal_ensemble_coeff = (

@@ -37,6 +37,7 @@ from robot_refusal.policies.configuration_vla import (
     VLAConfig,
     check_action_chunking,
     check_keypoint_window,
+    check_regression_metric_inputs,
     check_upper_plane_height,
 )
 from robot_refusal.policies.dataset import DemoDataset, load_dataset, read_video
@@ -322,11 +323,8 @@ class TrainConfig:
         if self.state_velocity and self.action_space != "delta":
             raise ConfigError("state_velocity needs the delta action space")
         check_action_chunking(self.action_chunk, 1, None, self.action_head)
-        fresh = self.init_from is None
-        if self.regression_metric_inputs and fresh and not self.metric_keypoints:
-            raise ConfigError("regression_metric_inputs needs metric_keypoints > 0")
-        if self.regression_metric_inputs and fresh and self.action_head != "regression":
-            raise ConfigError("regression_metric_inputs needs action_head 'regression'")
+        if self.regression_metric_inputs and self.init_from is None:
+            check_regression_metric_inputs(self.action_head, self.metric_keypoints)
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
