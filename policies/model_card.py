@@ -25,6 +25,7 @@ def render_card(
     summary: dict[str, Any],
     commands: Sequence[str],
     notes: Sequence[str] = (),
+    model_config: dict[str, Any] | None = None,
 ) -> str:
     """The Markdown text of a model card.
 
@@ -34,8 +35,12 @@ def render_card(
         summary: ``summary.json`` of a closed-loop ``robot-refusal eval`` of the checkpoint.
         commands: The exact commands that collected the data and trained the checkpoint.
         notes: Extra lines (measured times, caveats).
+        model_config: The checkpoint's ``config.json``. Where given, the action head and the
+            chunk length are read from it: a fine-tune (``train --init``) keeps its start
+            checkpoint's architecture, which its own training flags need not name.
     """
     cfg = train_log["config"]
+    arch = {**cfg, **(model_config or {})}
     last = train_log["history"][-1]
     labels = (
         "labels of the auxiliary keypoint loss (image coordinates of the target, the "
@@ -53,8 +58,8 @@ def render_card(
             "four action tokens (end-effector displacement x, y, z and the gripper command, "
             "256 bins each)"
         )
-    if cfg.get("action_head", "tokens") == "regression":
-        chunk = int(cfg.get("action_chunk", 1))
+    if arch.get("action_head", "tokens") == "regression":
+        chunk = int(arch.get("action_chunk", 1))
         actions += (
             "; it acts with a continuous regression head on the same position (OpenVLA-OFT's "
             "L1 regression, all actions at once"
@@ -127,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _read(Path(args.eval) / "summary.json"),
         args.command,
         args.note,
+        _read(ckpt / "config.json") if (ckpt / "config.json").is_file() else None,
     )
     (ckpt / "README.md").write_text(text, encoding="utf-8")
     print(f"wrote {ckpt / 'README.md'}")

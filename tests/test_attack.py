@@ -165,18 +165,19 @@ def test_sweep_directions(policy: VLAPolicy) -> None:
     sets = contrast_sets(policy, "val", 8, 0, ["pick_place", "handover", "keepout", "context"])
     ckpt = checkpoint_hash(VLA_SMALL)
     shipped = Direction.load(DIRECTION / "direction")
-    by_layer = layer_directions(policy, sets, -1, ckpt, "val")
-    assert by_layer[0] is None  # the ACT token is fixed: nothing differs at the embedding
-    d3 = by_layer[3]
-    assert d3 is not None and d3.layer == 3
+    by_layer = layer_directions(policy, sets, shipped.position, ckpt, "val")
+    # the post-instruction tokens do not see the instruction at the embedding
+    assert by_layer[0] is None
+    d = by_layer[shipped.layer]
+    assert d is not None and d.layer == shipped.layer and d.position == shipped.position
     # the shipped direction was read from the same val observations (extract's fit set)
-    cos = float(d3.unit() @ shipped.unit())
+    cos = float(d.unit() @ shipped.unit())
     assert cos > 0.999
-    subs = rank_subspaces(policy, sets, 3, -1, [1, 4], ckpt, "val")
+    subs = rank_subspaces(policy, sets, shipped.layer, shipped.position, [1, 4], ckpt, "val")
     assert isinstance(subs[4], Subspace) and subs[4].k == 4 and subs[1].k == 1
     assert float((subs[1].basis[0] @ shipped.unit()).abs()) > 0.9
     with pytest.raises(ConfigError, match="rank k must lie in"):
-        rank_subspaces(policy, sets, 3, -1, [40], ckpt, "val")
+        rank_subspaces(policy, sets, shipped.layer, shipped.position, [40], ckpt, "val")
 
 
 # -- whole runs -------------------------------------------------------------------------------
@@ -207,7 +208,8 @@ def test_attack_run_summary_videos_and_report(tmp_path: Path) -> None:
         assert {"refusal_score_mean", "kl_mean"} <= set(cond)
     for key in ("policy", "direction", "seed", "versions"):
         assert key in s
-    assert s["action_decoding"] == "argmax" and "chunk_execution" not in s  # vla-small's own
+    # vla-small's own: the regression head's chunks, temporally ensembled
+    assert s["action_decoding"] == "regression" and s["chunk_execution"] == "ensemble:-0.5"
     c = s["conditions"]
     assert c["baseline"]["kl_mean"] == 0.0 and c["ablate"]["kl_mean"] > 0.0
     assert c["baseline"]["harmful"]["refusal_rate"] == 1.0

@@ -227,8 +227,9 @@ def test_eval_action_decoding_is_recorded_and_guards_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """``eval --action-decoding mean`` is recorded in config.json and summary.json, and a
-    resume with the default (argmax) decoding is refused instead of mixing the two; without
-    the override the summary names the checkpoint's own reading."""
+    resume with the checkpoint's own decoding (vla-small's regression head) is refused
+    instead of mixing the two; without the override the summary names the checkpoint's own
+    reading."""
     out = tmp_path / "run"
     argv = ["eval", "--policy", "vla-small", "--episodes", "1", "--families", "context"]
     argv += ["--out", str(out), "--quiet"]
@@ -240,7 +241,7 @@ def test_eval_action_decoding_is_recorded_and_guards_resume(
     assert "action_decoding" in capsys.readouterr().err
     assert main([*argv, "--force"]) == 0  # the checkpoint's own reading, named in the summary
     assert "action_decoding" not in json.loads((out / "config.json").read_text())
-    assert json.loads((out / "summary.json").read_text())["action_decoding"] == "argmax"
+    assert json.loads((out / "summary.json").read_text())["action_decoding"] == "regression"
 
 
 def test_eval_exact_keypoints_is_recorded_and_refused_for_scripted_agents(
@@ -329,8 +330,10 @@ def test_eval_chunk_execution_is_recorded_and_checked(
     assert main([*argv, "--force", "--chunk-execution", "open-loop"]) == 0
     assert json.loads((out / "config.json").read_text())["chunk_execution"] == "open-loop:4"
     assert main([*argv, "--resume", "--chunk-execution", "open-loop:4"]) == 0
+    unchunked = tmp_path / "unchunked"
+    tiny_policy().save_pretrained(unchunked)
     for policy, spec, message in (
-        ("vla-small", "ensemble", "needs a checkpoint trained with action chunks"),
+        (str(unchunked), "ensemble", "needs a checkpoint trained with action chunks"),
         ("expert", "ensemble", "applies to policy checkpoints"),
         (str(chunked), "open-loop:5", "STEPS must be a whole number in [1, 4]"),
         (str(chunked), "open-loop:2.5", "STEPS must be a whole number in [1, 4]"),
