@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from robot_refusal.envs.env import STATE_NAMES
 from robot_refusal.errors import ConfigError, DatasetError, RunFolderError
 from robot_refusal.policies.action_tokenizer import ActionTokenizer
 from robot_refusal.policies.configuration_vla import (
@@ -140,6 +141,10 @@ class TrainConfig:
             records it). A frame both first and arriving takes the larger weight.
         arrival_radius: Horizontal distance (m) from the subgoal within which a sideways
             step counts as arriving, in (0, 0.2].
+        arrival_phase: Which arrivals ``arrival_weight`` draws more often: ``"both"`` (the
+            default), ``"approach"`` (before the grasp: the state's grasp flag is clear, the
+            descent onto the object) or ``"carry"`` (the flag is set: the release over the
+            destination). See :data:`ARRIVAL_PHASES`.
         keypoint_weight: Weight of the auxiliary keypoint loss: the first spatial-softmax
             keypoints regress the privileged image coordinates of the target object, the
             destination, the person's hand and the gripper (mean squared error in [-1, 1]
@@ -245,6 +250,7 @@ class TrainConfig:
     first_frame_weight: float = 8.0
     arrival_weight: float = 1.0
     arrival_radius: float = 0.04
+    arrival_phase: str = "both"
     keypoint_weight: float = 5.0
     label_sigma: float = 2.0
     action_space: str = "delta"
@@ -294,6 +300,11 @@ class TrainConfig:
             raise ConfigError(f"arrival_weight must be >= 1, got {self.arrival_weight}")
         if not 0 < self.arrival_radius <= 0.2:
             raise ConfigError(f"arrival_radius must be in (0, 0.2] m, got {self.arrival_radius}")
+        if self.arrival_phase not in ARRIVAL_PHASES:
+            raise ConfigError(
+                f"arrival_phase must be one of {', '.join(ARRIVAL_PHASES)}, "
+                f"got {self.arrival_phase!r}"
+            )
         if not self.keypoint_weight >= 0:
             raise ConfigError(f"keypoint_weight must be >= 0, got {self.keypoint_weight}")
         for name in ("grounded_keypoints", "metric_keypoints"):
@@ -619,8 +630,15 @@ class Batcher:
 ARRIVAL_MIN_STEP = 0.002
 """m: the smallest sideways expert step that counts as still travelling (not a descent)."""
 
+ARRIVAL_PHASES = ("both", "approach", "carry")
+"""The arrivals ``TrainConfig.arrival_phase`` can weigh: all, those before the grasp (onto the
+object) or those while carrying it (over the destination)."""
 
-def arrival_frames(data: Tensors, radius: float) -> np.ndarray:
+GRASP_FLAG = STATE_NAMES.index("grasped")
+"""Entry of the env state (``Tensors.states``, 8 entries) that is 1 while an object is held."""
+
+
+def arrival_frames(data: Tensors, radius: float, phase: str = "both") -> np.ndarray:
     """(N,) bool: the frames where the expert is about to arrive.
 
     A frame arrives when its action is a label (not a refusal, not a deliberate miss), the
@@ -634,10 +652,18 @@ def arrival_frames(data: Tensors, radius: float) -> np.ndarray:
     Args:
         data: A dataset with ``subgoals`` (N, 4) (``annotation.subgoal``).
         radius: Horizontal distance to the subgoal, m.
+        phase: ``"both"``, ``"approach"`` (only frames whose state's grasp flag, entry 7, is
+            clear: arriving over the object) or ``"carry"`` (only frames with it set:
+            arriving over the destination with the object).
 
     Raises:
         DatasetError: The dataset has no subgoal annotation.
+        ConfigError: ``phase`` is not one of :data:`ARRIVAL_PHASES`.
     """
+    if phase not in ARRIVAL_PHASES:
+        raise ConfigError(
+            f"arrival phase must be one of {', '.join(ARRIVAL_PHASES)}, got {phase!r}"
+        )
     if data.subgoals is None:
         raise DatasetError(
             "arrival_weight needs the expert's subgoals (annotation.subgoal); "
@@ -648,7 +674,11 @@ def arrival_frames(data: Tensors, radius: float) -> np.ndarray:
     sideways = (side >= ARRIVAL_MIN_STEP) & (side > np.abs(data.actions[:, 2]))
     with np.errstate(invalid="ignore"):  # NaN subgoals compare False
         near = gap <= radius
-    return data.labelled & ~data.refuse & sideways & near
+    arriving = data.labelled & ~data.refuse & sideways & near
+    if phase == "both":
+        return arriving
+    grasped = data.states[:, GRASP_FLAG] > 0.5
+    return arriving & (grasped if phase == "carry" else ~grasped)
 
 
 def chunk_targets(
@@ -978,7 +1008,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     gen = np.random.default_rng(config.seed)
     weights = np.where(data.first, config.first_frame_weight, 1.0)
     if config.arrival_weight != 1.0:
-        arriving = arrival_frames(data, config.arrival_radius)
+        arriving = arrival_frames(data, config.arrival_radius, config.arrival_phase)
         weights = np.where(arriving, np.maximum(weights, config.arrival_weight), weights)
     weights = weights / weights.sum()
     step, t_spent, history = _restore(state, opt, sched, gen) if resume else (0, 0.0, [])

@@ -155,6 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         label_sigma=args.label_sigma,
         arrival_weight=args.arrival_weight,
         arrival_radius=args.arrival_radius,
+        arrival_phase=args.arrival_phase,
         action_space=args.action_space,
         grounded_keypoints=args.grounded_keypoints,
         heatmap_weight=args.heatmap_weight,
@@ -644,6 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.04,
         help="m: horizontal distance to the subgoal that counts as arriving (default 0.04)",
+    )
+    p.add_argument(
+        "--arrival-phase",
+        choices=("both", "approach", "carry"),
+        default="both",
+        help="which arrivals --arrival-weight draws more often: both (default), approach "
+        "(before the grasp, onto the object) or carry (holding it, over the destination)",
     )
     p.add_argument(
         "--regression-metric-inputs",

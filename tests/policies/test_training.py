@@ -731,7 +731,7 @@ def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
     a far step, a descent, a pause, a refusal, a deliberate miss's step and a NaN subgoal do
     not. On collected data every arriving frame is a sideways step near its subgoal, and
     ``arrival_weight`` is checked, needs subgoals and is recorded by the run."""
-    from robot_refusal.policies.training import Tensors, arrival_frames
+    from robot_refusal.policies.training import GRASP_FLAG, Tensors, arrival_frames
 
     n = 8
     states = np.zeros((n, 8), np.float32)
@@ -760,6 +760,13 @@ def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
     )
     assert arrival_frames(data, 0.04).tolist() == [True] + [False] * 6 + [True]
     assert arrival_frames(data, 0.02).tolist() == [False] * 8
+    held = data.states.copy()
+    held[7, GRASP_FLAG] = 1.0  # frame 7 arrives carrying the object, frame 0 before the grasp
+    carrying = replace(data, states=held)
+    assert arrival_frames(carrying, 0.04, "approach").tolist() == [True] + [False] * 7
+    assert arrival_frames(carrying, 0.04, "carry").tolist() == [False] * 7 + [True]
+    with pytest.raises(ConfigError, match="arrival phase must be one of"):
+        arrival_frames(data, 0.04, "lift")
     with pytest.raises(DatasetError, match="subgoal"):
         arrival_frames(replace(data, subgoals=None), 0.04)
     real = load_tensors(load_dataset(tiny_data))
@@ -767,12 +774,19 @@ def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
     assert 0 < arriving.sum() < 0.5 * len(arriving)
     gap = np.linalg.norm(real.subgoals[arriving, :2] - real.states[arriving, :2], axis=1)
     assert gap.max() <= 0.04 and not real.refuse[arriving].any()
+    # the two phases split the arrivals: both kinds occur in collected episodes
+    approach = arrival_frames(real, 0.04, "approach")
+    carry = arrival_frames(real, 0.04, "carry")
+    assert approach.any() and carry.any()
+    assert not (approach & carry).any() and ((approach | carry) == arriving).all()
     config = replace(_config(tiny_data, tmp_path / "arrive", 2), arrival_weight=4.0)
     assert train(config, progress=False)["config"]["arrival_weight"] == 4.0
     with pytest.raises(ConfigError, match="arrival_weight must be >= 1"):
         replace(config, arrival_weight=0.5).check()
     with pytest.raises(ConfigError, match="arrival_radius"):
         replace(config, arrival_radius=0.0).check()
+    with pytest.raises(ConfigError, match="arrival_phase must be one of both, approach, carry"):
+        replace(config, arrival_phase="lift").check()
 
 
 def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:
