@@ -4,7 +4,7 @@ It loads ``vla-small``, extracts and selects its refusal direction (difference-i
 candidates on ``val`` first observations, bypass/induce/KL selection), runs ``baseline``,
 ``ablate`` and ``add`` closed loop on the ``test`` split, writes ``summary.json`` and the report,
 and returns the summary. With the defaults (20 episodes per family and label, so 80 harmful and
-80 harmless episodes per condition: 95% intervals of about +-10 points) it takes about six
+80 harmless episodes per condition: 95% intervals of about +-10 points) it takes about four
 minutes on 2 cores.
 """
 
