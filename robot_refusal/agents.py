@@ -87,7 +87,12 @@ def check_agent(
             exact_keypoint_names(exact_keypoints)
             check_exact_keypoints(policy.model)
         return name
-    raise UnknownNameError("policy (agent name or checkpoint folder)", name, AGENTS)
+    from robot_refusal.policies.policy import CHECKPOINTS
+
+    shipped = sorted(p.name for p in CHECKPOINTS.glob("*") if (p / "config.json").is_file())
+    raise UnknownNameError(
+        "policy (agent name, shipped checkpoint or checkpoint folder)", name, [*AGENTS, *shipped]
+    )
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,17 @@ from robot_refusal.errors import RobotRefusalError
 from robot_refusal.ros2.commands import add_parsers as add_ros2_parsers
 
 log = logging.getLogger("robot_refusal")
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (e.g. ``--kl-max``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def _families(text: str) -> list[str]:
@@ -691,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=64, help="observations per pass")
     p.add_argument(
         "--kl-max",
-        type=float,
+        type=_positive_float,
         default=1.0,
         help="KL filter of the selection in nats (default: 1.0 for action-bin tokens; "
         "DESIGN.md's 0.1 is for language models)",

@@ -345,3 +345,16 @@ def test_eval_chunk_execution_is_recorded_and_checked(
         assert main([*bad, "--chunk-execution", spec, "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
+
+
+def test_eval_unknown_policy_lists_agents_and_shipped_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An unknown ``--policy`` is a one-line error naming what would have worked: the scripted
+    agents and the shipped checkpoints."""
+    out = tmp_path / "run"
+    assert main(["eval", "--policy", "nonexistent", "--episodes", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert "unknown policy" in err
+    assert "expert, unsafe-expert, vla-small, vla-small-v2" in err, err

@@ -41,6 +41,12 @@ def test_extract_bad_input_is_one_line_exit_2(
     with pytest.raises(SystemExit) as e:
         main(["extract", "--policy", "x", "--out", str(tmp_path), "--episodes", "0"])
     assert e.value.code == 2
+    for bad in ("nan", "inf", "-1", "0", "lots"):  # refused before anything is read or written
+        out = tmp_path / f"kl-{bad}"
+        with pytest.raises(SystemExit) as e:
+            main(["extract", "--policy", "vla-small", "--out", str(out), "--kl-max", bad])
+        assert e.value.code == 2 and not out.exists()
+        assert "number > 0" in capsys.readouterr().err
 
 
 def test_extract_caution_writes_outputs(tmp_path: Path) -> None:
