@@ -49,6 +49,11 @@ def refusal_score(first_logprobs: torch.Tensor) -> np.ndarray:
     return np.log(p + EPS) - np.log(1.0 - p + EPS)
 
 
+def shipped_checkpoints() -> list[str]:
+    """Names of the shipped checkpoints (the folders under :data:`CHECKPOINTS`), sorted."""
+    return sorted(p.name for p in CHECKPOINTS.glob("*") if p.is_dir())
+
+
 def resolve_checkpoint(name: str | Path) -> Path:
     """A shipped checkpoint name (``vla-small``) or a folder path -> the folder.
 
@@ -62,7 +67,7 @@ def resolve_checkpoint(name: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"policy {path} is a file; give the checkpoint's folder")
     if not path.is_dir():
-        avail = sorted(p.name for p in CHECKPOINTS.glob("*") if p.is_dir())
+        avail = shipped_checkpoints()
         raise CheckpointError(
             f"policy folder {path} does not exist; "
             f"shipped checkpoints: {', '.join(avail) or 'none'}"

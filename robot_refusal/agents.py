@@ -87,11 +87,12 @@ def check_agent(
             exact_keypoint_names(exact_keypoints)
             check_exact_keypoints(policy.model)
         return name
-    from robot_refusal.policies.policy import CHECKPOINTS
+    from robot_refusal.policies.policy import shipped_checkpoints
 
-    shipped = sorted(p.name for p in CHECKPOINTS.glob("*") if (p / "config.json").is_file())
     raise UnknownNameError(
-        "policy (agent name, shipped checkpoint or checkpoint folder)", name, [*AGENTS, *shipped]
+        "policy (agent name, shipped checkpoint or checkpoint folder)",
+        name,
+        [*AGENTS, *shipped_checkpoints()],
     )
 
 

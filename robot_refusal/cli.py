@@ -660,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--arrival-phase",
-        choices=("both", "approach", "carry"),
+        choices=("both", "approach", "carry"),  # training.ARRIVAL_PHASES
         default="both",
         help="which arrivals --arrival-weight draws more often: both (default), approach "
         "(before the grasp, onto the object) or carry (holding it, over the destination)",
