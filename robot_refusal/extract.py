@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -297,6 +298,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
         raise UnknownNameError("kind", cfg.kind, KINDS)
     if cfg.episodes < 1 or cfg.batch_size < 1 or cfg.caution_stride < 1:
         raise ConfigError("episodes, batch size and stride must be >= 1")
+    if not (math.isfinite(cfg.kl_max) and cfg.kl_max > 0):
+        raise ConfigError(f"kl_max must be a finite number > 0, got {cfg.kl_max}")
     folder = resolve_checkpoint(cfg.policy)
     policy = VLAPolicy.from_pretrained(folder)
     ckpt = checkpoint_hash(folder)

@@ -12,8 +12,11 @@ import torch
 
 from robot_refusal.cli import main
 from robot_refusal.directions import Direction, checkpoint_hash
+from robot_refusal.errors import ConfigError
 from robot_refusal.extract import (
+    ExtractConfig,
     capture,
+    extract,
     first_observations,
     make_prober,
 )
@@ -47,6 +50,10 @@ def test_extract_bad_input_is_one_line_exit_2(
             main(["extract", "--policy", "vla-small", "--out", str(out), "--kl-max", bad])
         assert e.value.code == 2 and not out.exists()
         assert "number > 0" in capsys.readouterr().err
+    for kl in (float("nan"), 0.0):  # the same check from Python, before the folder is made
+        with pytest.raises(ConfigError, match="kl_max must be a finite number > 0"):
+            extract(ExtractConfig("vla-small", str(tmp_path / "api"), kl_max=kl))
+    assert not (tmp_path / "api").exists()
 
 
 def test_extract_caution_writes_outputs(tmp_path: Path) -> None:
