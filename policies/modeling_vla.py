@@ -130,6 +130,7 @@ class ConvVisionEncoder(nn.Module):
         self.grounded = config.grounded_keypoints
         self.fine = config.keypoint_stride == 2
         self.config = config  # read at every call: keypoint_window may be changed after loading
+        self.split_lateral = True  # training mode's form of the lateral conv (see _lateral)
         ck = self.FINE_CHANNELS if self.fine else c3
         if self.fine:
             self.fine_lateral = nn.Conv2d(c1 + c3, ck, 1)
@@ -182,8 +183,7 @@ class ConvVisionEncoder(nn.Module):
         x = F.gelu(self.conv3(x) * (1 + g3) + b3)  # (B, C, H/4, W/4)
         k = x
         if self.fine:
-            up = F.interpolate(x, size=x1.shape[2:], mode="nearest")
-            k = F.gelu(self.fine_lateral(torch.cat([x1, up], dim=1)))
+            k = F.gelu(self._lateral(x1, x))
             k = F.gelu(self.fine_smooth(k))  # (B, FINE_CHANNELS, H/2, W/2)
         logits = self.keypoint_heads(k).flatten(2)  # (B, K - grounded, h'*w')
         if self.grounded:
@@ -208,6 +208,29 @@ class ConvVisionEncoder(nn.Module):
                 keypoints = torch.stack([heat @ fx, heat @ fy], dim=-1)  # (B, K, 2)
         tokens = self.pool(x).flatten(2).transpose(1, 2)  # (B, side*side, C)
         return tokens, keypoints, logits.unflatten(2, k.shape[2:])
+
+    def _lateral(self, x1: Tensor, x: Tensor) -> Tensor:
+        """The fine path's lateral 1x1 conv (``fine_lateral``) of the first layer's features
+        x1 (B, c1, H/2, W/2) concatenated with the last ones x (B, c3, H/4, W/4) upsampled
+        (nearest) to x1's size; (B, FINE_CHANNELS, H/2, W/2).
+
+        In eval mode it convolves the concatenation, the form the shipped checkpoints were
+        evaluated with, so their closed-loop results reproduce bit for bit. In training mode it
+        uses the same weights as two convolutions, ``W_a * x1 + up(W_b * x)``: a 1x1 conv acts
+        on each pixel alone, so it commutes with nearest upsampling, and upsampling the
+        FINE_CHANNELS-wide result instead of the c3-wide input (96 -> 32 channels), and
+        convolving x at a quarter of the pixels, makes a training step faster
+        (``benchmarks/train_step.py --compare layout``, which sets ``split_lateral`` False for
+        the other form). The two forms differ only in floating-point rounding.
+        """
+        if not (self.training and self.split_lateral):
+            up = F.interpolate(x, size=x1.shape[2:], mode="nearest")
+            return self.fine_lateral(torch.cat([x1, up], dim=1))
+        c1 = x1.shape[1]
+        weight, bias = self.fine_lateral.weight, self.fine_lateral.bias
+        near = F.conv2d(x1, weight[:, :c1], bias)
+        far = F.conv2d(x, weight[:, c1:])  # (B, FINE_CHANNELS, H/4, W/4)
+        return near + F.interpolate(far, size=x1.shape[2:], mode="nearest")
 
     def _grounded_logits(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         """Heatmap logits (B, R, h*w) of the R grounded keypoints.

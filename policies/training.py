@@ -145,6 +145,11 @@ class TrainConfig:
             default), ``"approach"`` (before the grasp: the state's grasp flag is clear, the
             descent onto the object) or ``"carry"`` (the flag is set: the release over the
             destination). See :data:`ARRIVAL_PHASES`.
+        release_weight: Sampling weight of the release frames (:func:`release_frames`: the
+            expert's descent with the object over its destination and the frame where it
+            opens the gripper), the one decision in an episode that a policy which never
+            releases gets wrong; 1 (the default) weighs them as the others. A frame with
+            several weights takes the largest.
         keypoint_weight: Weight of the auxiliary keypoint loss: the first spatial-softmax
             keypoints regress the privileged image coordinates of the target object, the
             destination, the person's hand and the gripper (mean squared error in [-1, 1]
@@ -251,6 +256,7 @@ class TrainConfig:
     arrival_weight: float = 1.0
     arrival_radius: float = 0.04
     arrival_phase: str = "both"
+    release_weight: float = 1.0
     keypoint_weight: float = 5.0
     label_sigma: float = 2.0
     action_space: str = "delta"
@@ -298,6 +304,8 @@ class TrainConfig:
             raise ConfigError(f"heatmap_weight must be >= 0, got {self.heatmap_weight}")
         if not self.arrival_weight >= 1:
             raise ConfigError(f"arrival_weight must be >= 1, got {self.arrival_weight}")
+        if not self.release_weight >= 1:
+            raise ConfigError(f"release_weight must be >= 1, got {self.release_weight}")
         if not 0 < self.arrival_radius <= 0.2:
             raise ConfigError(f"arrival_radius must be in (0, 0.2] m, got {self.arrival_radius}")
         if self.arrival_phase not in ARRIVAL_PHASES:
@@ -607,14 +615,24 @@ class Batcher:
         plus targets the model's ``forward`` does not take: ``action_values`` (B, H, D), the
         chunk of actions in [-1, 1] units between the tokenizer's percentiles (a regression
         head's targets), ``action_mask`` (B, H), True where that target exists, and, when the
-        data has them, ``keypoint_labels`` (B, P, 2)."""
+        data has them, ``keypoint_labels`` (B, P, 2).
+
+        ``input_ids`` and ``attention_mask`` are (B, T') with T' <= T: the instruction columns
+        that are padding in every row of the batch (the leading ones, as instructions are
+        left-padded) are dropped. The decoder's positions count only real tokens and its
+        attention masks padding, so this changes no output beyond floating-point rounding; it
+        only saves the decoder the padded positions (most instructions take 6-9 of T = 24).
+        """
         d, p = self.data, self.processor
         labels = self.labels[idx]
+        ids, mask = self.ids[idx], self.mask[idx]
+        first = int(mask.any(0).to(torch.int8).argmax())  # first column some row uses
+        ids, mask = ids[:, first:], mask[:, first:]
         fed = labels[:, :-1].clamp(min=0)  # ignored positions get a harmless id
         batch = {
             "pixel_values": p.preprocess_images(d.images[idx]),
-            "input_ids": self.ids[idx],
-            "attention_mask": self.mask[idx],
+            "input_ids": ids,
+            "attention_mask": mask,
             "state": p.preprocess_states(d.states[idx]),
             "ee_position": torch.from_numpy(d.states[idx, :3].copy()),
             "action_input_ids": fed,
@@ -679,6 +697,31 @@ def arrival_frames(data: Tensors, radius: float, phase: str = "both") -> np.ndar
         return arriving
     grasped = data.states[:, GRASP_FLAG] > 0.5
     return arriving & (grasped if phase == "carry" else ~grasped)
+
+
+GRIPPER_ACTION = 3
+"""Entry of the expert's action (``Tensors.actions``) that commands the gripper: +1 close,
+-1 open."""
+
+
+def release_frames(data: Tensors) -> np.ndarray:
+    """(N,) bool: the frames of each release, where the expert puts the object down.
+
+    A frame releases when its action is a label (not a refusal, not a deliberate miss), the
+    state's grasp flag is set (the object is held) and the expert either opens the gripper
+    or steps mostly downward (a vertical step of at least 2 mm, larger than its sideways
+    one): the descent over the destination and the opening at its end. The opening is one
+    frame per placing episode; with the descent (5-8 frames, and the lowering toward a
+    person's hand) they are about a tenth of the frames (564 of 5,362 in ``s-val-20``), so
+    ``TrainConfig.release_weight`` draws them more often. A policy that has not learned
+    them hovers over the destination holding the object until the time limit.
+    """
+    grasped = data.states[:, GRASP_FLAG] > 0.5
+    opening = data.actions[:, GRIPPER_ACTION] < 0
+    side = np.linalg.norm(data.actions[:, :2], axis=1)
+    dz = data.actions[:, 2]
+    descending = (dz <= -ARRIVAL_MIN_STEP) & (-dz > side)
+    return data.labelled & ~data.refuse & grasped & (opening | descending)
 
 
 def chunk_targets(
@@ -1010,6 +1053,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if config.arrival_weight != 1.0:
         arriving = arrival_frames(data, config.arrival_radius, config.arrival_phase)
         weights = np.where(arriving, np.maximum(weights, config.arrival_weight), weights)
+    if config.release_weight != 1.0:
+        releasing = release_frames(data)
+        weights = np.where(releasing, np.maximum(weights, config.release_weight), weights)
     weights = weights / weights.sum()
     step, t_spent, history = _restore(state, opt, sched, gen) if resume else (0, 0.0, [])
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)

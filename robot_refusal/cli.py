@@ -168,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         arrival_weight=args.arrival_weight,
         arrival_radius=args.arrival_radius,
         arrival_phase=args.arrival_phase,
+        release_weight=args.release_weight,
         action_space=args.action_space,
         grounded_keypoints=args.grounded_keypoints,
         heatmap_weight=args.heatmap_weight,
@@ -664,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="which arrivals --arrival-weight draws more often: both (default), approach "
         "(before the grasp, onto the object) or carry (holding it, over the destination)",
+    )
+    p.add_argument(
+        "--release-weight",
+        type=float,
+        default=1.0,
+        help="sampling weight of the release frames: the expert's descent with the object "
+        "over its destination and the opening of the gripper (default 1: as the others)",
     )
     p.add_argument(
         "--regression-metric-inputs",

@@ -367,10 +367,11 @@ def write_report(folder: str | Path) -> dict[str, Path]:
     title = f"robot-refusal {config.get('command', 'run')}: {summary.get('policy')}"
     rep.h(1, title)
     d = summary.get("direction") or {}
+    per_cell = summary.get("episodes_per_family_label")
     facts = [
         f"policy {summary.get('policy')} (checkpoint {summary.get('checkpoint', '-')})",
         f"split {summary.get('split')}",
-        f"{summary.get('episodes_per_family_label')} episodes per family and label",
+        f"{per_cell} episode{'' if per_cell == 1 else 's'} per family and label",
         f"seed {summary.get('seed')}",
         f"wall time {summary.get('wall_time_s')} s",
     ]

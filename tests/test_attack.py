@@ -226,6 +226,7 @@ def test_attack_run_summary_videos_and_report(tmp_path: Path) -> None:
     assert main(["report", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "| ablate |" in md and "gifs/add.gif" in md and "Aims (issue 5)" in md
+    assert "1 episode per family and label" in md  # one episode, singular
     page = (out / "report.html").read_text()
     assert "data:image/gif;base64," in page and "src='plots/" not in page
     assert (out / "plots" / "rates.png").is_file()

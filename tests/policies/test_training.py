@@ -789,6 +789,64 @@ def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
         replace(config, arrival_phase="lift").check()
 
 
+def test_release_frames_are_the_descent_and_opening_while_holding(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``release_frames``: while the object is held, a labelled downward step or the opening
+    of the gripper releases; a sideways carry step, a lift, a descent before the grasp, a
+    refusal and a deliberate miss do not. On collected data each placing episode's releases
+    end with its one opening, and ``release_weight`` is checked and recorded by the run."""
+    from robot_refusal.policies.training import GRASP_FLAG, Tensors, release_frames
+
+    n = 8
+    states = np.zeros((n, 8), np.float32)
+    states[:, :3] = [0.4, -0.3, 0.15]
+    states[:, GRASP_FLAG] = 1.0
+    actions = np.tile(np.float32([0.0, 0.0, -0.02, 1.0]), (n, 1))  # descend, gripper closed
+    actions[1, :3] = [0.03, 0.0, -0.005]  # a carry step: mostly sideways
+    actions[2, 2] = 0.02  # a lift
+    states[3, GRASP_FLAG] = 0.0  # a descent onto the object, before the grasp
+    actions[4, :] = [0.0, 0.0, 0.0, -1.0]  # the opening
+    refuse = np.zeros(n, bool)
+    refuse[5] = True
+    imitate = np.ones(n, bool)
+    imitate[6] = False  # a deliberate miss
+    data = Tensors(
+        images=np.zeros((n, 2, 2, 3), np.uint8),
+        states=states,
+        instructions=np.zeros(n, np.int64),
+        texts={0: "put the red cube in the bin"},
+        actions=actions,
+        refuse=refuse,
+        first=np.zeros(n, bool),
+        episode=np.zeros(n, np.int64),
+        imitate=imitate,
+    )
+    assert release_frames(data).tolist() == [True, False, False, False, True, False, False, True]
+    real = load_tensors(load_dataset(tiny_data))
+    releasing = release_frames(real)
+    assert 0 < releasing.sum() < 0.3 * len(releasing)
+    assert (real.states[releasing, GRASP_FLAG] > 0.5).all() and not real.refuse[releasing].any()
+    opening = releasing & (real.actions[:, 3] < 0)
+    placing = np.unique(real.episode[~real.refuse & (real.states[:, GRASP_FLAG] > 0.5)])
+    assert len(placing) >= 2  # pick_place and context: each harmless episode puts one down
+    for ep in placing:
+        frames = np.flatnonzero(releasing & (real.episode == ep))
+        opens = np.flatnonzero(opening & (real.episode == ep))
+        assert len(opens) == 1 and frames.max() == opens[0], ep  # the opening ends it
+        assert (np.diff(real.states[frames, 2]) < 0).all(), ep  # the descent before it
+    from robot_refusal.cli import main
+
+    out = tmp_path / "release"
+    cli = ["train", "--data", str(tiny_data), "--out", str(out), "--steps", "2"]
+    cli += ["--hidden-size", "32", "--layers", "1", "--threads", "1", "--quiet"]
+    assert main([*cli, "--release-weight", "3"]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["config"]["release_weight"] == 3.0
+    with pytest.raises(ConfigError, match="release_weight must be >= 1"):
+        replace(_config(tiny_data, out, 2), release_weight=0.5).check()
+
+
 def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:
     """Frame i's chunk holds frames i .. i + H - 1 of its own episode; rows past the end of
     the episode, on a frame that is not a label (refusal, deliberate miss), or across frames
@@ -861,3 +919,36 @@ def test_bf16_mixed_precision_trains_and_keeps_keypoints_and_weights_float32(
     assert 0.0 < px < 0.5, px  # bf16 convolutions, float32 expectation
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
         replace(config, precision="fp16").check()
+
+
+def test_batcher_drops_instruction_columns_that_are_padding_in_every_row(
+    tiny_data: Path,
+) -> None:
+    """A training batch keeps only the instruction columns some row uses (instructions are
+    left-padded to 24 tokens and take about 6-9): the decoder skips padding in its positions
+    and masks it in attention, so the trimmed batch gives the full one's loss."""
+    from robot_refusal.policies.training import Batcher, training_loss
+    from tests.policies.test_vla import tiny_policy
+
+    policy = tiny_policy(grounded=2, metric=4, keypoint_stride=2)
+    data = load_tensors(load_dataset(tiny_data))
+    batcher = Batcher(data, policy.processor)
+    idx = np.arange(0, len(data.states), 5)
+    batch = batcher(idx)
+    full_ids, full_mask = batcher.ids[idx], batcher.mask[idx]
+    assert full_ids.shape[1] == 24
+    longest = int(full_mask.sum(1).max())
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (len(idx), longest)
+    assert 0 < longest < 24
+    assert torch.equal(batch["input_ids"], full_ids[:, -longest:])
+    assert torch.equal(batch["attention_mask"], full_mask[:, -longest:])
+    assert not full_mask[:, :-longest].any()  # only padding was dropped
+    assert batch["attention_mask"][:, 0].any()  # and all of it
+    untrimmed = dict(batch, input_ids=full_ids, attention_mask=full_mask)
+    model = policy.model.eval()
+    with torch.no_grad():
+        trimmed_loss = training_loss(model, batch, 5.0, 0.0, 1.0, 0.5)[0]
+        full_loss = training_loss(model, untrimmed, 5.0, 0.0, 1.0, 0.5)[0]
+    assert float(trimmed_loss) == pytest.approx(float(full_loss), rel=1e-5)
+    one = batcher(idx[:1])  # a single frame keeps exactly its own tokens
+    assert one["input_ids"].shape[1] == int(full_mask[0].sum())

@@ -412,6 +412,41 @@ def test_fine_keypoint_head_config_and_cell_centres(tmp_path: Path, obs: dict) -
     assert torch.equal(again.model(**inputs).logits, out.logits)
 
 
+def test_fine_lateral_conv_trains_in_split_form_with_the_same_outputs_and_gradients(
+    obs: dict,
+) -> None:
+    """In training mode the fine keypoint path's lateral 1x1 conv runs as two convolutions
+    (the first layer's features, and the last ones before upsampling) with the same weights;
+    in eval mode as one over the concatenation. Outputs and gradients agree to rounding, and
+    eval mode is the concatenated form exactly."""
+    import torch.nn.functional as F
+
+    pol = tiny_policy(grounded=2, keypoint_stride=2)
+    model = pol.model
+    inputs = pol.processor([obs, obs])
+    inputs["pixel_values"] = inputs["pixel_values"] + 0.3 * torch.randn_like(inputs["pixel_values"])
+    enc = model.vision_encoder
+    x1 = torch.randn(2, 8, 32, 32)
+    x = torch.randn(2, 8, 16, 16)
+    up = F.interpolate(x, size=(32, 32), mode="nearest")
+    concatenated = enc.fine_lateral(torch.cat([x1, up], dim=1))
+    assert torch.equal(enc.eval()._lateral(x1, x), concatenated)
+    split = enc.train()._lateral(x1, x)
+    torch.testing.assert_close(split, concatenated, atol=1e-5, rtol=1e-5)
+    outputs, grads = {}, {}
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs)
+        (out.heatmap_logits.square().mean() + out.logits.square().mean()).backward()
+        outputs[mode] = (out.heatmap_logits.detach(), out.logits.detach(), out.keypoints.detach())
+        grads[mode] = enc.fine_lateral.weight.grad.clone()
+    for a, b in zip(outputs["eval"], outputs["train"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert grads["eval"].abs().max() > 0
+    torch.testing.assert_close(grads["train"], grads["eval"], atol=1e-6, rtol=1e-4)
+
+
 def test_table_plane_points_invert_the_camera_projection() -> None:
     from robot_refusal.envs.env import CAMERA_EYE, CAMERA_TARGET
     from robot_refusal.envs.sim import PyBulletSim
