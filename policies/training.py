@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -302,10 +303,10 @@ class TrainConfig:
             raise ConfigError(f"label_sigma must be >= 0, got {self.label_sigma}")
         if not self.heatmap_weight >= 0:
             raise ConfigError(f"heatmap_weight must be >= 0, got {self.heatmap_weight}")
-        if not self.arrival_weight >= 1:
-            raise ConfigError(f"arrival_weight must be >= 1, got {self.arrival_weight}")
-        if not self.release_weight >= 1:
-            raise ConfigError(f"release_weight must be >= 1, got {self.release_weight}")
+        for name in ("arrival_weight", "release_weight"):  # sampling weights
+            value = getattr(self, name)
+            if not (value >= 1 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be >= 1 and finite, got {value}")
         if not 0 < self.arrival_radius <= 0.2:
             raise ConfigError(f"arrival_radius must be in (0, 0.2] m, got {self.arrival_radius}")
         if self.arrival_phase not in ARRIVAL_PHASES:

@@ -843,8 +843,11 @@ def test_release_frames_are_the_descent_and_opening_while_holding(
     assert main([*cli, "--release-weight", "3"]) == 0
     log = json.loads((out / "training_log.json").read_text())
     assert log["config"]["release_weight"] == 3.0
-    with pytest.raises(ConfigError, match="release_weight must be >= 1"):
-        replace(_config(tiny_data, out, 2), release_weight=0.5).check()
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="release_weight must be >= 1 and finite"):
+            replace(_config(tiny_data, out, 2), release_weight=bad).check()
+    with pytest.raises(ConfigError, match="arrival_weight must be >= 1 and finite"):
+        replace(_config(tiny_data, out, 2), arrival_weight=float("inf")).check()
 
 
 def test_chunk_targets_stop_at_the_episode_end_and_skip_non_acting_frames() -> None:

@@ -433,6 +433,9 @@ def test_fine_lateral_conv_trains_in_split_form_with_the_same_outputs_and_gradie
     assert torch.equal(enc.eval()._lateral(x1, x), concatenated)
     split = enc.train()._lateral(x1, x)
     torch.testing.assert_close(split, concatenated, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training keeps the one conv
+        mixed = enc.fine_lateral(torch.cat([x1, up], dim=1))
+        assert torch.equal(enc._lateral(x1, x), mixed)
     outputs, grads = {}, {}
     for mode in ("eval", "train"):
         model.train(mode == "train")
