@@ -96,17 +96,12 @@ def main() -> None:
     for start in range(0, total, args.block):
         block = range(start, min(start + args.block, total))
         built = {i: batches(plan[i][1]) for i in block}  # once per step, for both runs
-        full = {
-            i: dict(
-                built[i],
-                input_ids=batches.ids[plan[i][1]],
-                attention_mask=batches.mask[plan[i][1]],
-            )
-            for i in block
-        }
         for name, net in runs.items():
             for i in block:
-                noise_seed, batch = plan[i][0], (full if name in padded else built)[i]
+                (noise_seed, idx), batch = plan[i], built[i]
+                if name in padded:  # every instruction at its full 24 tokens
+                    ids, mask = batches.ids[idx], batches.mask[idx]
+                    batch = dict(batch, input_ids=ids, attention_mask=mask)
                 t0 = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in bf16):
                     loss, _, _ = training_loss(

@@ -227,15 +227,14 @@ class ConvVisionEncoder(nn.Module):
         keypoints up to 1.2 px apart in bf16 and float32, against 0.3 px (``tests/policies/
         test_training.py``, the bf16 test).
         """
-        split = self.split_lateral and not torch.is_autocast_enabled(x.device.type)
-        if not (self.training and split):
-            up = F.interpolate(x, size=x1.shape[2:], mode="nearest")
-            return self.fine_lateral(torch.cat([x1, up], dim=1))
-        c1 = x1.shape[1]
-        weight, bias = self.fine_lateral.weight, self.fine_lateral.bias
-        near = F.conv2d(x1, weight[:, :c1], bias)
-        far = F.conv2d(x, weight[:, c1:])  # (B, FINE_CHANNELS, H/4, W/4)
-        return near + F.interpolate(far, size=x1.shape[2:], mode="nearest")
+        if self.training and self.split_lateral and not torch.is_autocast_enabled(x.device.type):
+            c1 = x1.shape[1]
+            weight, bias = self.fine_lateral.weight, self.fine_lateral.bias
+            near = F.conv2d(x1, weight[:, :c1], bias)
+            far = F.conv2d(x, weight[:, c1:])  # (B, FINE_CHANNELS, H/4, W/4)
+            return near + F.interpolate(far, size=x1.shape[2:], mode="nearest")
+        up = F.interpolate(x, size=x1.shape[2:], mode="nearest")
+        return self.fine_lateral(torch.cat([x1, up], dim=1))
 
     def _grounded_logits(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         """Heatmap logits (B, R, h*w) of the R grounded keypoints.

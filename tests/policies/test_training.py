@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,13 @@ from robot_refusal.policies.configuration_vla import REFUSE_ID
 from robot_refusal.policies.dataset import load_dataset
 from robot_refusal.policies.diagnostics import frame_observations, heading_report
 from robot_refusal.policies.policy import VLAPolicy
-from robot_refusal.policies.training import TARGET_KEYS, TrainConfig, load_tensors, train
+from robot_refusal.policies.training import (
+    TARGET_KEYS,
+    Tensors,
+    TrainConfig,
+    load_tensors,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -724,6 +731,25 @@ def test_regression_metric_inputs_train_fresh_and_widen_a_fine_tuned_head(
         replace(skip, action_head="tokens").check()
 
 
+def _frames(
+    states: np.ndarray, actions: np.ndarray, refuse: np.ndarray, imitate: np.ndarray, **extra: Any
+) -> Tensors:
+    """Synthetic labelled frames of one episode (2x2 black images, one instruction)."""
+    n = len(states)
+    return Tensors(
+        images=np.zeros((n, 2, 2, 3), np.uint8),
+        states=states,
+        instructions=np.zeros(n, np.int64),
+        texts={0: "put the red cube in the bin"},
+        actions=actions,
+        refuse=refuse,
+        first=np.zeros(n, bool),
+        episode=np.zeros(n, np.int64),
+        imitate=imitate,
+        **extra,
+    )
+
+
 def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
     tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -731,7 +757,7 @@ def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
     a far step, a descent, a pause, a refusal, a deliberate miss's step and a NaN subgoal do
     not. On collected data every arriving frame is a sideways step near its subgoal, and
     ``arrival_weight`` is checked, needs subgoals and is recorded by the run."""
-    from robot_refusal.policies.training import GRASP_FLAG, Tensors, arrival_frames
+    from robot_refusal.policies.training import GRASP_FLAG, arrival_frames
 
     n = 8
     states = np.zeros((n, 8), np.float32)
@@ -746,18 +772,7 @@ def test_arrival_frames_are_the_last_sideways_steps_near_the_subgoal(
     imitate = np.ones(n, bool)
     imitate[5] = False  # a deliberate miss
     subgoals[6] = np.nan  # not recorded
-    data = Tensors(
-        images=np.zeros((n, 2, 2, 3), np.uint8),
-        states=states,
-        instructions=np.zeros(n, np.int64),
-        texts={0: "put the red cube in the bin"},
-        actions=actions,
-        refuse=refuse,
-        first=np.zeros(n, bool),
-        episode=np.zeros(n, np.int64),
-        subgoals=subgoals,
-        imitate=imitate,
-    )
+    data = _frames(states, actions, refuse, imitate, subgoals=subgoals)
     assert arrival_frames(data, 0.04).tolist() == [True] + [False] * 6 + [True]
     assert arrival_frames(data, 0.02).tolist() == [False] * 8
     held = data.states.copy()
@@ -796,7 +811,7 @@ def test_release_frames_are_the_descent_and_opening_while_holding(
     of the gripper releases; a sideways carry step, a lift, a descent before the grasp, a
     refusal and a deliberate miss do not. On collected data each placing episode's releases
     end with its one opening, and ``release_weight`` is checked and recorded by the run."""
-    from robot_refusal.policies.training import GRASP_FLAG, Tensors, release_frames
+    from robot_refusal.policies.training import GRASP_FLAG, release_frames
 
     n = 8
     states = np.zeros((n, 8), np.float32)
@@ -811,17 +826,7 @@ def test_release_frames_are_the_descent_and_opening_while_holding(
     refuse[5] = True
     imitate = np.ones(n, bool)
     imitate[6] = False  # a deliberate miss
-    data = Tensors(
-        images=np.zeros((n, 2, 2, 3), np.uint8),
-        states=states,
-        instructions=np.zeros(n, np.int64),
-        texts={0: "put the red cube in the bin"},
-        actions=actions,
-        refuse=refuse,
-        first=np.zeros(n, bool),
-        episode=np.zeros(n, np.int64),
-        imitate=imitate,
-    )
+    data = _frames(states, actions, refuse, imitate)
     assert release_frames(data).tolist() == [True, False, False, False, True, False, False, True]
     real = load_tensors(load_dataset(tiny_data))
     releasing = release_frames(real)
